@@ -1,0 +1,3 @@
+from reasonloop.cli import main
+
+raise SystemExit(main())

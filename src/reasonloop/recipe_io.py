@@ -1,0 +1,151 @@
+"""YAML with line numbers, dotted overrides, and validation errors a person can act on."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from reasonloop.errors import UserError
+
+PACKAGED_RECIPES = resources.files("reasonloop") / "recipes"
+
+
+def resolve_recipe_path(path: str | Path | None) -> Path:
+    """`None` or a bare packaged name (`default`) means a recipe shipped with the package."""
+    if path is None:
+        path = "default"
+    p = Path(path)
+    if not p.exists() and p.suffix == "" and (PACKAGED_RECIPES / f"{p.name}.yaml").is_file():
+        return Path(str(PACKAGED_RECIPES / f"{p.name}.yaml"))
+    if not p.exists():
+        raise UserError(f"{path}: recipe file not found")
+    return p
+
+
+def _node_lines(node: yaml.Node, prefix: tuple, out: dict[tuple, int]) -> None:
+    out[prefix] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = prefix + (key_node.value,)
+            out[key] = key_node.start_mark.line + 1
+            _node_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _node_lines(item, prefix + (i,), out)
+
+
+def load_yaml_with_lines(path: str | Path | None) -> tuple[dict, dict[tuple, int], str]:
+    """Parse a recipe; return the data, a map from field path to line, and the file's label."""
+    p = resolve_recipe_path(path)
+    text = p.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise UserError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        data, node = {}, None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a recipe must be a mapping of settings, got {type(data).__name__}")
+    lines: dict[tuple, int] = {}
+    if node is not None:
+        _node_lines(node, (), lines)
+    return data, lines, str(p)
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`stages.1.lr=2e-5` -> ("stages.1.lr", 2e-05); values are parsed as YAML scalars/lists."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.1.optim.lr=2e-5")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def apply_override(data: dict, dotted: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``a.b.c``; list indices are numbers; missing mappings are created."""
+    parts = dotted.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise UserError(f"--set {dotted}: {where}: no list item {part!r} (list has {len(node)})")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise UserError(f"--set {dotted}: {'.'.join(parts[:i])} is a value, not a section")
+
+
+def _field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("eval", "sft", "rft", "rl") and out.endswith("]"):
+            continue  # pydantic adds the discriminator value to the path; users never wrote it
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict) -> str:
+    kind, got = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown setting (check the spelling; see `reasonloop validate --help` for the schema)"
+    if kind == "missing":
+        return "required setting is missing"
+    expected = {
+        "float_parsing": "float", "float_type": "float", "int_parsing": "integer", "int_type": "integer",
+        "int_from_float": "integer", "bool_parsing": "true/false", "bool_type": "true/false",
+        "string_type": "string", "list_type": "list", "dict_type": "mapping", "model_type": "mapping",
+    }.get(kind)
+    if expected:
+        return f"expected {expected}, got {got!r}"
+    if kind in ("literal_error", "union_tag_invalid"):
+        return err["msg"].replace("Input should be", "expected") + f", got {got!r}"
+    if kind == "union_tag_not_found":
+        return "each stage needs `kind:` (eval | sft | rft | rl)"
+    return f"{err['msg']}, got {got!r}"
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    clean = tuple(p for p in loc if not (isinstance(p, str) and p in ("eval", "sft", "rft", "rl")))
+    for cut in range(len(clean), -1, -1):
+        if clean[:cut] in lines:
+            return lines[clean[:cut]]
+    return None
+
+
+def validate_with_lines(model: type[BaseModel], data: dict, lines: dict[tuple, int], label: str):
+    """Validate; on failure raise one UserError whose first line is the first problem, `file:line: path: why`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            line = _line_for(err["loc"], lines)
+            where = f"{label}:{line}" if line else label
+            msgs.append(f"{where}: {_field_path(err['loc'])}: {_describe(err)}")
+        more = f" (and {len(msgs) - 1} more: " + "; ".join(msgs[1:4]) + ")" if len(msgs) > 1 else ""
+        raise UserError(msgs[0] + more) from None
