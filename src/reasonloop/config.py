@@ -51,8 +51,8 @@ class PromptConfig(Strict):
     """System message; null drops it (the model's template may still add its default unless `drop_default_system`)."""
     drop_default_system: bool = True
     """Remove a chat template's built-in default system prompt (SmolLM2 adds ~25 tokens per example)."""
-    instruction: str = "Solve the problem step by step. End with a line 'Answer: <answer>'."
-    """Text appended after the question in the user turn."""
+    instruction: str | None = None
+    """Text after the question in the user turn; null: the instruction matching `task.answer_format`."""
     template: str = "{question}\n{instruction}"
     """How the user turn is built from `question` and `instruction`."""
 
@@ -67,7 +67,9 @@ class GymConfig(Strict):
     test_seed: int = 9_000_000
     """Seed of the held-out pool; test items whose question also appears in train are dropped."""
     train_size: int = 2000
+    """Problems generated for the training pool (per level)."""
     test_size: int = 500
+    """Problems generated for the held-out pool (per level), before overlap removal."""
     levels: list[dict[str, Any]] | None = None
     """Optional difficulty levels (each a params dict, easiest first) for the `levels` curriculum."""
 
@@ -93,6 +95,7 @@ class TaskConfig(Strict):
     numeric_tolerance: float = 1e-4
     """Relative tolerance when comparing numeric answers."""
     prompt: PromptConfig = PromptConfig()
+    """How questions are turned into chat prompts."""
 
 
 # --------------------------------------------------------------------------- curriculum
@@ -124,11 +127,17 @@ class CurriculumConfig(Strict):
 
 class Decoding(Strict):
     temperature: float = 0.7
+    """Sampling temperature (0: greedy)."""
     top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with this much probability (1: off)."""
     top_k: int = 0
+    """Keep the k most likely tokens (0: off)."""
     min_p: float = 0.0
+    """Drop tokens below min_p times the top token's probability (0: off)."""
     max_new_tokens: int = 256
+    """Longest completion in tokens."""
     stop: list[str] = []
+    """Strings that end a completion (cut before them)."""
 
 
 class StageBase(Strict):
@@ -140,6 +149,7 @@ class StageBase(Strict):
 
 class EvalStage(StageBase):
     kind: Literal["eval"]
+    """Stage type."""
     limit: int | None = None
     """Evaluate on the first N held-out problems (null: all)."""
     k: int = 4
@@ -149,26 +159,35 @@ class EvalStage(StageBase):
     seeds: int = 1
     """Repeat the sampled metrics over this many seeds and report mean and 95% interval."""
     decoding: Decoding = Decoding()
+    """Sampling settings for this stage."""
     batch_size: int = 64
     """Sequences decoded at once."""
 
 
 class OptimConfig(Strict):
     lr: float = 5e-5
+    """Peak learning rate (AdamW)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
     warmup_steps: int = 0
+    """Linear warmup steps from 0 to `lr`."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of `lr`."""
     max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0: off)."""
 
 
 class SftStage(StageBase):
     kind: Literal["sft"]
+    """Stage type."""
     objective: Literal["nll", "dft", "asft", "profit", "prob"] = "nll"
     """Per-token loss (METHODS.md §1)."""
     aggregate: Literal["token_mean", "seq_mean"] = "token_mean"
+    """Loss reduction over tokens (see algos.aggregate)."""
     asft_beta: float = 0.05
     """`asft`: weight of the per-token KL to the frozen start model."""
     profit_tau: float = 0.1
@@ -178,17 +197,21 @@ class SftStage(StageBase):
     masked_thought: float = 0.0
     """Fraction of reasoning input tokens replaced by a mask token (Masked Thought); targets unchanged."""
     epochs: float = 1.0
+    """Passes over the training data."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs)."""
     batch_tokens: int = 4096
     """Tokens per micro-batch (packed sequences)."""
     grad_accum: int = 1
+    """Micro-batches per optimizer step."""
     max_length: int = 512
     """Examples longer than this are truncated."""
     optim: OptimConfig = OptimConfig()
+    """Optimizer and learning-rate schedule."""
     data: Literal["gold", "jsonl"] = "gold"
     """`gold`: the task's gold reasoning; `jsonl`: prompt/response pairs from `data_path`."""
     data_path: str | None = None
+    """JSONL with `prompt` and `response` fields (data: jsonl)."""
     limit: int | None = None
     """Use only the first N training examples."""
     save_every: int = 50
@@ -196,30 +219,40 @@ class SftStage(StageBase):
     eval_every: int = 0
     """Evaluate on `eval_limit` held-out problems every N steps (0: off)."""
     eval_limit: int = 100
+    """Held-out problems for periodic evaluation."""
     curriculum: CurriculumConfig = CurriculumConfig()
+    """Which problems come next (METHODS.md §4)."""
     seed: int = 0
+    """Seed of this stage's sampling and data order."""
 
 
 class RftStage(StageBase):
     kind: Literal["rft"]
+    """Stage type."""
     k: int = 4
     """Samples per training question."""
     decoding: Decoding = Decoding()
+    """Sampling settings for this stage."""
     dedup: Literal["equations", "text", "exact"] = "equations"
+    """What makes two correct solutions the same path."""
     check_equations: bool = False
     """Drop correct solutions whose written equations are arithmetically wrong."""
     include_gold: bool = True
+    """Always keep the task's gold solution."""
     max_per_question: int = 4
     """Cap on kept distinct paths per question (most different kept)."""
     allocation: Literal["fixed", "uniform", "prop2diff"] = "fixed"
     """`fixed`: k samples each. DART: keep sampling until `min_correct` or `budget` per question."""
     min_correct: int = 2
+    """DART: correct solutions wanted per question."""
     budget: int = 16
+    """DART: most samples drawn per question."""
     rationalize: bool = False
     """STaR: re-sample unsolved questions with the gold answer as a hint."""
     pool_from: list[str] = []
     """More models (stage names / paths) or saved sample files (.jsonl) to pool paths from."""
     rounds: int = 1
+    """Sample -> filter -> train rounds."""
     train_from: Literal["base", "last"] = "base"
     """Each round trains from the stage's starting model (RFT paper) or continues from the last round."""
     limit: int | None = None
@@ -227,29 +260,40 @@ class RftStage(StageBase):
     train: SftStage = Field(default_factory=lambda: SftStage(kind="sft"))
     """The SFT loop settings used to train on the kept paths."""
     batch_size: int = 64
+    """Sequences decoded at once."""
     seed: int = 0
+    """Seed of this stage's sampling and data order."""
 
 
 class RlStage(StageBase):
     kind: Literal["rl"]
+    """Stage type."""
     algorithm: Literal["grpo", "ppo", "rloo"] = "grpo"
+    """RL algorithm: PPO with a value head (ReFT), GRPO or RLOO."""
     steps: int = 20
     """Rollout-and-update steps."""
     prompts_per_step: int = 8
+    """Distinct prompts per rollout step."""
     group_size: int = 4
     """Samples per prompt (G)."""
     decoding: Decoding = Decoding(temperature=1.0)
+    """Sampling settings for this stage."""
     reward: list[str] = ["correct"]
     """Reward functions: `correct`, `partial` (ReFT 1/0.1/0), `format`, or `module:function`."""
     reward_weights: list[float] | None = None
+    """Weights of the reward functions (default: all 1)."""
     kl_coef: float = 0.0
     """GRPO/RLOO: KL loss weight (0: no reference model is loaded). PPO: per-token KL penalty in the reward."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (Schulman's k1/k2/k3)."""
     clip_low: float = 0.2
+    """PPO ratio clip below 1."""
     clip_high: float = 0.2
+    """PPO ratio clip above 1 (DAPO clip-higher when larger)."""
     epochs: int = 1
     """Passes over each rollout batch (PPO: 2 in ReFT)."""
     minibatches: int = 1
+    """Minibatches per rollout batch and epoch."""
     aggregate: Literal["token_mean", "seq_mean", "seq_sum_norm"] = "token_mean"
     """Loss reduction; `seq_sum_norm` divides each sequence's sum by max_new_tokens (Dr. GRPO)."""
     scale_std: bool = True
@@ -257,18 +301,29 @@ class RlStage(StageBase):
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal and sample more (up to `max_tries` rounds)."""
     max_tries: int = 3
+    """Dynamic sampling: most extra sampling rounds per step."""
     gamma: float = 1.0
+    """PPO: GAE discount."""
     lam: float = 0.95
+    """PPO: GAE lambda."""
     vf_coef: float = 5.0
+    """PPO: value-loss weight."""
     value_clip: float = 0.2
+    """PPO: value clip range."""
     whiten_advantages: bool = True
+    """PPO: normalise advantages over the batch."""
     reference: str | None = None
     """Reference model: a stage name or path; defaults to the SFT stage's output."""
     optim: OptimConfig = OptimConfig(lr=1e-6, schedule="constant")
+    """Optimizer and learning-rate schedule."""
     curriculum: CurriculumConfig = CurriculumConfig()
+    """Which problems come next (METHODS.md §4)."""
     save_every: int = 5
+    """Checkpoint every N steps."""
     limit: int | None = None
+    """Use only the first N training questions."""
     seed: int = 0
+    """Seed of this stage's sampling and data order."""
 
 
 Stage = Annotated[Union[EvalStage, SftStage, RftStage, RlStage], Field(discriminator="kind")]
@@ -280,14 +335,20 @@ class RunConfig(Strict):
     engine: Literal["auto", "torch", "vllm"] = "auto"
     """Generation engine: vLLM when installed and a GPU is present (`auto`), else the built-in torch engine."""
     seed: int = 0
+    """Seed for everything not seeded by a stage."""
     progress: bool = True
+    """Show progress bars."""
 
 
 class Recipe(Strict):
     model: ModelConfig = ModelConfig()
+    """The starting model."""
     task: TaskConfig = TaskConfig()
+    """Problems and how they are prompted and checked."""
     stages: list[Stage] = []
+    """Stages run in order; each starts from the previous stage's model."""
     run: RunConfig = RunConfig()
+    """Run-wide settings."""
 
     def stage_names(self) -> list[str]:
         return [s.name or f"{s.kind}{i}" for i, s in enumerate(self.stages)]
@@ -298,4 +359,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
     data, lines, label = load_yaml_with_lines(path)
     for key, value in parse_overrides(overrides):
         apply_override(data, key, value)
+        # Errors in an overridden field point at the override, not at the file.
+        path = tuple(int(p) if p.lstrip("-").isdigit() else p for p in key.split("."))
+        lines[path] = f"--set {key}"
+        lines.update({k: lines[path] for k in list(lines) if k[: len(path)] == path})
     return validate_with_lines(Recipe, data, lines, label)

@@ -129,7 +129,7 @@ def _describe(err: dict) -> str:
     return f"{err['msg']}, got {got!r}"
 
 
-def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+def _line_for(loc: tuple, lines: dict[tuple, int | str]) -> int | str | None:
     clean = tuple(p for p in loc if not (isinstance(p, str) and p in ("eval", "sft", "rft", "rl")))
     for cut in range(len(clean), -1, -1):
         if clean[:cut] in lines:
@@ -145,7 +145,7 @@ def validate_with_lines(model: type[BaseModel], data: dict, lines: dict[tuple, i
         msgs = []
         for err in exc.errors():
             line = _line_for(err["loc"], lines)
-            where = f"{label}:{line}" if line else label
+            where = line if isinstance(line, str) else f"{label}:{line}" if line else label
             msgs.append(f"{where}: {_field_path(err['loc'])}: {_describe(err)}")
         more = f" (and {len(msgs) - 1} more: " + "; ".join(msgs[1:4]) + ")" if len(msgs) > 1 else ""
         raise UserError(msgs[0] + more) from None

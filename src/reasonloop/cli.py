@@ -1,0 +1,147 @@
+"""`reasonloop` command line: run, validate, eval, sft, rft, rl, report, tasks.
+
+Bad input ends with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from reasonloop.errors import UserError
+
+STAGE_KINDS = ("eval", "sft", "rft", "rl")
+
+
+def _task_section(spec: str) -> dict:
+    """`gsm8k`, `gym:<name>`, or a JSONL path with question/answer fields."""
+    if spec == "gsm8k":
+        return {"source": "gsm8k"}
+    if spec.startswith("gym:"):
+        return {"source": "gym", "gym": {"name": spec[4:]}}
+    if spec.endswith(".jsonl"):
+        if not Path(spec).is_file():
+            raise UserError(f"--task {spec}: file not found")
+        return {"source": "jsonl", "train": spec, "test": spec}
+    raise UserError(f"--task {spec}: unknown task (expected gsm8k, gym:<reasoning-gym name>, or a .jsonl file)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reasonloop", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a recipe (default: the packaged default recipe)")
+    run.add_argument("recipe", nargs="?", default=None, help="recipe YAML (default: packaged default)")
+    run.add_argument("--out", default=None, help="run folder (default: runs/<recipe>-<time>); reuse to resume")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe field, e.g. stages.1.optim.lr=2e-5")
+    run.add_argument("--no-progress", action="store_true")
+
+    val = sub.add_parser("validate", help="check a recipe without running it")
+    val.add_argument("recipe")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    for kind in STAGE_KINDS:
+        s = sub.add_parser(kind, help=f"run one {kind} stage")
+        s.add_argument("--model", default="default", help="default | HF folder | .gguf | hub id")
+        s.add_argument("--task", default="gsm8k", help="gsm8k | gym:<name> | file.jsonl")
+        s.add_argument("--out", default=None, help="run folder")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a field of the one-stage recipe, e.g. stages.0.optim.lr=1e-5")
+        s.add_argument("--no-progress", action="store_true")
+        if kind == "eval":
+            s.add_argument("--limit", type=int, default=None, help="first N held-out problems")
+            s.add_argument("--k", type=int, default=4, help="samples for maj@k / pass@k (0: greedy only)")
+            s.add_argument("--n", type=int, default=None, help="samples drawn per problem (>= k)")
+            s.add_argument("--seeds", type=int, default=1, help="repeat sampled metrics over S seeds")
+
+    rep = sub.add_parser("report", help="(re)write report.html of a run folder")
+    rep.add_argument("run_dir")
+    sub.add_parser("tasks", help="list task sources and reasoning-gym task names")
+    return p
+
+
+def _one_stage_recipe(args):
+    from reasonloop.config import Recipe
+    from reasonloop.recipe_io import apply_override, parse_overrides, validate_with_lines
+
+    stage: dict = {"kind": args.command}
+    if args.command == "eval":
+        stage.update({"limit": args.limit, "k": args.k, "n": args.n, "seeds": args.seeds})
+    data = {"model": {"path": args.model}, "task": _task_section(args.task), "stages": [stage]}
+    for key, value in parse_overrides(args.set):
+        apply_override(data, key, value)
+    return validate_with_lines(Recipe, data, {}, "command line")
+
+
+def _print_table(summary: dict) -> None:
+    print(f"\n{'stage':<12}{'kind':<6}{'top-1 [95% CI]':<24}{'maj@k':<9}{'pass@k':<9}{'tokens':<8}{'time':>8}")
+    for s in summary["stages"]:
+        ev = s.get("eval") or {}
+        top1 = f"{ev['top1']:.3f} [{ev['top1_ci95'][0]:.3f}, {ev['top1_ci95'][1]:.3f}]" if ev else "-"
+        maj = f"{ev['maj_k']:.3f}" if "maj_k" in ev else "-"
+        pas = f"{ev['pass_k']:.3f}" if "pass_k" in ev else "-"
+        tok = f"{ev['mean_tokens']:.0f}" if ev else "-"
+        print(f"{s['name']:<12}{s['kind']:<6}{top1:<24}{maj:<9}{pas:<9}{tok:<8}{s['seconds']:>7.0f}s")
+
+
+def _run(recipe, out: str | None, label: str, progress: bool) -> int:
+    from reasonloop.pipeline import run_pipeline
+
+    out = out or f"runs/{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"run folder: {out}", file=sys.stderr)
+    summary = run_pipeline(recipe, out, progress=progress)
+    _print_table(summary)
+    print(f"\nsummary: {Path(out) / 'summary.json'}\nreport:  {Path(out) / 'report.html'}")
+    return 0
+
+
+def _dispatch(args) -> int:
+    from reasonloop.config import load_recipe
+
+    if args.command == "validate":
+        recipe = load_recipe(args.recipe, args.set)
+        print(f"{args.recipe}: ok ({len(recipe.stages)} stages: {', '.join(recipe.stage_names())})")
+        return 0
+    if args.command == "run":
+        recipe = load_recipe(args.recipe, args.set)
+        label = Path(args.recipe).stem if args.recipe else "default"
+        return _run(recipe, args.out, label, not args.no_progress)
+    if args.command in STAGE_KINDS:
+        return _run(_one_stage_recipe(args), args.out, args.command, not args.no_progress)
+    if args.command == "report":
+        from reasonloop.runs.report import write_report
+
+        if not (Path(args.run_dir) / "store.sqlite").is_file():
+            raise UserError(f"{args.run_dir}: not a run folder (no store.sqlite)")
+        print(write_report(Path(args.run_dir)))
+        return 0
+    if args.command == "tasks":
+        import reasoning_gym
+
+        names = sorted(reasoning_gym.factory.DATASETS)
+        print("sources: gsm8k, jsonl, parquet, hf, gym\nreasoning-gym tasks (--task gym:<name>):")
+        print(json.dumps(names))
+        return 0
+    raise UserError(f"unknown command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _dispatch(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130

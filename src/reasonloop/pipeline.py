@@ -1,0 +1,158 @@
+"""Chain the stages of a recipe in one run folder; resume what a killed run left unfinished.
+
+Run folder layout:
+  recipe.yaml      the recipe as resolved (overrides applied)
+  store.sqlite     metrics, samples, stage status (runs/store.py)
+  stages/<name>/   model/ (HF folder, the stage's output) and checkpoint/ (trainer state for resume)
+  summary.json     one entry per stage; report.html
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from reasonloop.config import Recipe
+from reasonloop.errors import UserError
+from reasonloop.runs.store import RunStore
+
+log = logging.getLogger(__name__)
+
+# kind -> module with `run(ctx, cfg, name) -> dict`; imported on use so one stage's deps stay optional.
+STAGE_MODULES = {"eval": "reasonloop.stages.evaluate", "sft": "reasonloop.stages.sft",
+                 "rft": "reasonloop.stages.rft", "rl": "reasonloop.stages.rl"}
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    run_dir: Path
+    store: RunStore
+    progress: bool = True
+    current_model: str = "default"  # what the next stage starts from
+    outputs: dict[str, str] = field(default_factory=dict)  # stage name -> its output model folder
+    _task: object = None
+
+    @property
+    def task(self):
+        """Train/test problems, loaded once per run."""
+        if self._task is None:
+            from reasonloop.tasks import load_task
+
+            self._task = load_task(self.recipe.task)
+        return self._task
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / "stages" / name
+
+    def resolve_model(self, ref: str | None) -> str:
+        """A stage name (its output), `default`, or a path; None means the previous stage's output."""
+        if ref is None:
+            return self.current_model
+        if ref in self.outputs:
+            return self.outputs[ref]
+        if ref in self.recipe.stage_names():
+            raise UserError(f"init_from: stage {ref!r} has not produced a model (yet)")
+        return ref
+
+
+def fingerprint(data: object) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_fingerprints(recipe: Recipe) -> dict[str, str]:
+    """A stage's result depends on the model, the task and every stage up to it."""
+    base = recipe.model_dump(include={"model", "task"})
+    stages = recipe.model_dump()["stages"]
+    return {name: fingerprint([base, stages[: i + 1]]) for i, name in enumerate(recipe.stage_names())}
+
+
+def check_resumable(store: RunStore, recipe: Recipe) -> None:
+    """Refuse to continue a run whose recipe changed for a stage that already started."""
+    old = store.get_meta("stage_fingerprints", {})
+    new = stage_fingerprints(recipe)
+    for name, fp in old.items():
+        row = store.stage(name)
+        if row is not None and new.get(name) != fp:
+            raise UserError(f"the recipe changed for stage {name!r}, which this run folder already "
+                            f"{'completed' if row['status'] == 'done' else 'started'}; use a new --out "
+                            "folder, or restore the recipe saved in the run folder (recipe.yaml)")
+
+
+def _summary_entries(ctx: RunContext) -> list[dict]:
+    rows = ctx.store.stages()
+    entries = []
+    for i, row in enumerate(rows):
+        result = row["result"] or {}
+        entry = {"name": row["name"], "kind": row["kind"], "seconds": round(row["seconds"], 1),
+                 "status": row["status"]}
+        entry.update({k: v for k, v in result.items() if k not in ("eval", "model")})
+        if row["kind"] == "eval" and "top1" in result:
+            entry["eval"] = _eval_brief(result)
+        elif i + 1 < len(rows) and rows[i + 1]["kind"] == "eval" and rows[i + 1]["result"]:
+            entry["eval"] = _eval_brief(rows[i + 1]["result"])
+        entries.append(entry)
+    return entries
+
+
+def _eval_brief(result: dict) -> dict:
+    keys = ("top1", "top1_ci95", "n", "maj_k", "maj_k_ci95", "pass_k", "pass_k_ci95", "k", "mean_tokens",
+            "seeds")
+    return {k: result[k] for k in keys if k in result}
+
+
+def write_summary(ctx: RunContext, extra: dict | None = None) -> dict:
+    summary = {"run_dir": str(ctx.run_dir), "stages": _summary_entries(ctx), **(extra or {})}
+    tmp = ctx.run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(ctx.run_dir / "summary.json")
+    return summary
+
+
+def run_pipeline(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> dict:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store = RunStore(run_dir / "store.sqlite")
+    check_resumable(store, recipe)
+    store.set_meta("stage_fingerprints", stage_fingerprints(recipe))
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    ctx = RunContext(recipe=recipe, run_dir=run_dir, store=store, progress=progress,
+                     current_model=recipe.model.path)
+    try:
+        for i, (cfg, name) in enumerate(zip(recipe.stages, recipe.stage_names())):
+            _run_stage(ctx, i, cfg, name)
+            write_summary(ctx)
+        summary = write_summary(ctx)
+        from reasonloop.runs.report import write_report
+
+        write_report(run_dir)
+        return summary
+    finally:
+        store.close()
+
+
+def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:
+    row = ctx.store.stage(name)
+    if row is not None and row["status"] == "done":
+        log.info("stage %s already done; skipping", name)
+        model = (row["result"] or {}).get("model")
+        if model:
+            ctx.outputs[name] = ctx.current_model = model
+        return
+    ctx.store.start_stage(name, cfg.kind, position)
+    module = importlib.import_module(STAGE_MODULES[cfg.kind])
+    started = time.time()
+    try:
+        result = module.run(ctx, cfg, name)
+    finally:
+        ctx.store.add_stage_seconds(name, time.time() - started)
+    ctx.store.finish_stage(name, result)
+    if result.get("model"):
+        ctx.outputs[name] = ctx.current_model = result["model"]

@@ -1,0 +1,145 @@
+"""The run store: one SQLite file per run with metrics, samples, stage status and per-problem stats.
+
+Every write is one transaction (WAL journal), so a process killed at any moment leaves a readable
+store holding everything committed before the kill.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS stages (
+  name TEXT PRIMARY KEY, kind TEXT, status TEXT, started REAL, finished REAL,
+  seconds REAL DEFAULT 0, result TEXT, position INTEGER);
+CREATE TABLE IF NOT EXISTS metrics (
+  stage TEXT, step INTEGER, key TEXT, value REAL, time REAL);
+CREATE INDEX IF NOT EXISTS metrics_stage ON metrics(stage, key, step);
+CREATE TABLE IF NOT EXISTS samples (
+  stage TEXT, step INTEGER, problem_id TEXT, prompt TEXT, completion TEXT, answer TEXT,
+  gold TEXT, reward REAL, correct INTEGER, tokens INTEGER, meta TEXT);
+CREATE INDEX IF NOT EXISTS samples_stage ON samples(stage, step);
+CREATE TABLE IF NOT EXISTS problem_stats (
+  problem_id TEXT, key TEXT, value REAL, stage TEXT, PRIMARY KEY (problem_id, key, stage));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class RunStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _tx(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
+        with self.conn:  # one transaction: all rows or none
+            self.conn.execute("BEGIN")
+            if isinstance(rows, tuple):
+                self.conn.execute(sql, rows)
+            else:
+                self.conn.executemany(sql, rows)
+
+    # ----------------------------------------------------------------- meta
+    def set_meta(self, key: str, value: Any) -> None:
+        self._tx("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # ----------------------------------------------------------------- stages
+    def start_stage(self, name: str, kind: str, position: int) -> None:
+        row = self.stage(name)
+        if row is None:
+            self._tx("INSERT INTO stages (name, kind, status, started, position) VALUES (?, ?, 'running', ?, ?)",
+                     (name, kind, time.time(), position))
+        elif row["status"] != "done":
+            self._tx("UPDATE stages SET status = 'running', started = ? WHERE name = ?", (time.time(), name))
+
+    def add_stage_seconds(self, name: str, seconds: float) -> None:
+        """Time spent is accumulated over resumed attempts, so a resumed stage reports its total."""
+        self._tx("UPDATE stages SET seconds = seconds + ? WHERE name = ?", (seconds, name))
+
+    def finish_stage(self, name: str, result: dict) -> None:
+        self._tx("UPDATE stages SET status = 'done', finished = ?, result = ? WHERE name = ?",
+                 (time.time(), json.dumps(result), name))
+
+    def stage(self, name: str) -> dict | None:
+        cur = self.conn.execute("SELECT name, kind, status, started, finished, seconds, result, position "
+                                "FROM stages WHERE name = ?", (name,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        keys = [d[0] for d in cur.description]
+        out = dict(zip(keys, row))
+        out["result"] = json.loads(out["result"]) if out["result"] else None
+        return out
+
+    def stages(self) -> list[dict]:
+        names = [r[0] for r in self.conn.execute("SELECT name FROM stages ORDER BY position")]
+        return [self.stage(n) for n in names]
+
+    # ----------------------------------------------------------------- metrics
+    def log_metrics(self, stage: str, step: int, metrics: dict[str, float]) -> None:
+        now = time.time()
+        rows = [(stage, step, k, float(v), now) for k, v in metrics.items() if v is not None]
+        self._tx("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+
+    def metrics(self, stage: str, key: str) -> list[tuple[int, float]]:
+        return [(s, v) for s, v in self.conn.execute(
+            "SELECT step, value FROM metrics WHERE stage = ? AND key = ? ORDER BY step, rowid", (stage, key))]
+
+    def metric_keys(self, stage: str) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT key FROM metrics WHERE stage = ? ORDER BY key", (stage,))]
+
+    def truncate_after(self, stage: str, step: int) -> None:
+        """Drop rows a killed run wrote after its last checkpoint, so a resume does not count them twice."""
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.execute("DELETE FROM metrics WHERE stage = ? AND step > ?", (stage, step))
+            self.conn.execute("DELETE FROM samples WHERE stage = ? AND step > ?", (stage, step))
+
+    # ----------------------------------------------------------------- samples
+    def add_samples(self, stage: str, step: int, rows: list[dict]) -> None:
+        self._tx("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            (stage, step, r["problem_id"], r.get("prompt", ""), r["completion"], r.get("answer"),
+             r.get("gold"), r.get("reward"), int(bool(r.get("correct"))), r.get("tokens"),
+             json.dumps(r.get("meta", {}))) for r in rows])
+
+    def samples(self, stage: str, limit: int | None = None, correct: bool | None = None) -> list[dict]:
+        sql = "SELECT * FROM samples WHERE stage = ?"
+        args: list = [stage]
+        if correct is not None:
+            sql += " AND correct = ?"
+            args.append(int(correct))
+        sql += " ORDER BY step, rowid"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        cur = self.conn.execute(sql, args)
+        keys = [d[0] for d in cur.description]
+        return [dict(zip(keys, r)) for r in cur.fetchall()]
+
+    # ----------------------------------------------------------------- per-problem stats
+    def set_problem_stats(self, stage: str, key: str, values: dict[str, float]) -> None:
+        self._tx("INSERT OR REPLACE INTO problem_stats VALUES (?, ?, ?, ?)",
+                 [(pid, key, float(v), stage) for pid, v in values.items()])
+
+    def problem_stats(self, key: str, stage: str | None = None) -> dict[str, float]:
+        """Latest value per problem (e.g. key='pass_rate'), optionally from one stage."""
+        sql = "SELECT problem_id, value FROM problem_stats WHERE key = ?"
+        args: list = [key]
+        if stage is not None:
+            sql += " AND stage = ?"
+            args.append(stage)
+        return {pid: v for pid, v in self.conn.execute(sql + " ORDER BY rowid", args)}

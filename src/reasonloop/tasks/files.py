@@ -1,0 +1,66 @@
+"""Read problem records from JSONL / Parquet / Hugging Face datasets with errors that name file:line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from reasonloop.errors import UserError
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield (`file:line`, record); a malformed line raises UserError naming file:line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: data file not found")
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{p}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{p}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield f"{p}:{lineno}", rec
+
+
+def _read_parquet(path: str) -> Iterator[tuple[str, dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    if not Path(path).is_file():
+        raise UserError(f"{path}: data file not found")
+    for i, rec in enumerate(pq.read_table(path).to_pylist()):
+        yield f"{path}:row {i}", rec
+
+
+def _read_hf(spec: str) -> Iterator[tuple[str, dict]]:
+    """`dataset_id[:config]:split`, e.g. `openai/gsm8k:main:test`."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{spec}: Hugging Face datasets need the `datasets` package") from None
+    parts = spec.split(":")
+    if len(parts) < 2:
+        raise UserError(f"{spec}: expected `dataset_id[:config]:split`")
+    name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), parts[-1]
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # the hub client raises many kinds; the user needs the first line
+        raise UserError(f"{spec}: could not load dataset: {str(err).splitlines()[0]}") from None
+    for i, rec in enumerate(ds):
+        yield f"{spec}:row {i}", rec
+
+
+def read_records(path: str, required: tuple[str, ...] = (), kind: str = "jsonl"
+                 ) -> Iterator[tuple[str, dict]]:
+    reader = {"jsonl": read_jsonl, "gsm8k": read_jsonl, "parquet": _read_parquet, "hf": _read_hf}[kind]
+    for where, rec in reader(path):
+        for key in required:
+            if key not in rec or rec[key] is None:
+                raise UserError(f"{where}: missing field {key!r}")
+        yield where, rec

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from reasonloop.config import Recipe, load_recipe
+from reasonloop.errors import UserError
+
+RECIPES = sorted((Path(__file__).parents[1] / "src/reasonloop/recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_example_recipe_validates(path):
+    assert isinstance(load_recipe(path), Recipe)
+
+
+def test_default_recipe_is_packaged():
+    assert load_recipe(None).stages
+
+
+def write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_misspelled_key_names_file_line_and_field(tmp_path):
+    p = write(tmp_path, "model:\n  path: default\n  dtpye: bf16\n")
+    with pytest.raises(UserError) as err:
+        load_recipe(p)
+    assert str(err.value).startswith(f"{p}:3: model.dtpye: unknown setting")
+
+
+def test_wrong_type_in_stage_names_index(tmp_path):
+    p = write(tmp_path, "stages:\n  - kind: eval\n  - kind: sft\n    optim:\n      lr: fast\n")
+    with pytest.raises(UserError, match=r"r.yaml:5: stages\[1\].optim.lr: expected float, got 'fast'"):
+        load_recipe(p)
+
+
+def test_unknown_stage_kind(tmp_path):
+    p = write(tmp_path, "stages:\n  - kind: dpo\n")
+    with pytest.raises(UserError, match=r"stages\[0\]"):
+        load_recipe(p)
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    p = write(tmp_path, "model:\n  path: [unclosed\n")
+    with pytest.raises(UserError, match=r"r.yaml:\d+: invalid YAML"):
+        load_recipe(p)
+
+
+def test_missing_file():
+    with pytest.raises(UserError, match="nope.yaml: recipe file not found"):
+        load_recipe("nope.yaml")
+
+
+def test_overrides_are_typed_and_point_at_the_flag(tmp_path):
+    p = write(tmp_path, "stages:\n  - kind: sft\n")
+    r = load_recipe(p, ["stages.0.optim.lr=2e-5", "model.dtype=fp32", "stages.0.max_steps=3"])
+    assert r.stages[0].optim.lr == 2e-5 and r.model.dtype == "fp32" and r.stages[0].max_steps == 3
+    with pytest.raises(UserError, match=r"^--set stages.0.optim.lr: stages\[0\].optim.lr: expected float"):
+        load_recipe(p, ["stages.0.optim.lr=fast"])
+    with pytest.raises(UserError, match=r"no list item '3'"):
+        load_recipe(p, ["stages.3.k=1"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        load_recipe(p, ["stages.0.k"])
+
+
+def test_every_field_has_a_docstring_or_is_self_evident():
+    from reasonloop.config import ModelConfig, TaskConfig
+
+    import reasonloop.config as c
+
+    for model in [m for m in vars(c).values() if isinstance(m, type) and issubclass(m, c.Strict)]:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no docstring"
