@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from reasonloop.errors import UserError
+from reasonloop.tasks.base import Problem
+from reasonloop.verify.rewards import build_reward, check_rewards, is_correct, load_reward
+
+P = Problem(id="p0", question="2+3?", answer="5")
+
+
+def test_is_correct():
+    assert is_correct("2+3 = 5\nAnswer: 5", P)
+    assert not is_correct("Answer: 6", P)
+    assert not is_correct("no idea", P)
+    # Strategy order matters: the answer line says 6, the last number is 5.
+    assert not is_correct("Answer: 6\nor 5", P, extract=["answer_line", "last_number"])
+    assert is_correct("Answer: 6\nor 5", P, extract=["last_number"])
+    assert is_correct("Answer: 5.0004", P, rel_tol=1e-4)
+    assert not is_correct("Answer: 5.001", P, rel_tol=1e-4)
+
+
+def test_correct_partial_format_values():
+    completions = ["Answer: 5", "Answer: 7", "I give up", "it is 5"]
+    problems = [P] * 4
+    assert build_reward(["correct"], extract=["answer_line"])(completions, problems) == [1.0, 0.0, 0.0, 0.0]
+    assert build_reward(["partial"], extract=["answer_line"])(completions, problems) == [1.0, 0.1, 0.0, 0.0]
+    assert build_reward(["partial"])(completions, problems) == [1.0, 0.1, 0.0, 1.0]
+    assert build_reward(["format"])(completions, problems) == [1.0, 1.0, 0.0, 0.0]
+    hashed = build_reward(["format"], answer_format="hash")
+    assert hashed(["#### 5", "Answer: 5"], [P, P]) == [1.0, 0.0]
+
+
+def test_weighted_sum_and_breakdown():
+    reward = build_reward(["correct", "format"], weights=[1.0, 0.5], extract=["answer_line"])
+    completions = ["Answer: 5", "Answer: 4", "5"]
+    total, parts = reward.breakdown(completions, [P] * 3)
+    assert total == [1.5, 0.5, 0.0]
+    assert parts == {"correct": [1.0, 0.0, 0.0], "format": [1.0, 1.0, 0.0]}
+
+
+def test_gym_problems_use_gym_scorer():
+    import reasoning_gym
+
+    entry = reasoning_gym.create_dataset("basic_arithmetic", size=1, seed=3)[0]
+    gym = Problem(id="g", question=entry["question"], answer=str(entry["answer"]),
+                  source="gym:basic_arithmetic", meta={"entry": entry})
+    wrong = str(int(entry["answer"]) + 1)
+    reward = build_reward(["partial"])
+    assert reward([f"Answer: {entry['answer']}", f"Answer: {wrong}", "none"], [gym] * 3) == [1.0, 0.1, 0.0]
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "def length_penalty(completions, problems):\n"
+        "    return [-len(c) / 100 for c in completions]\n"
+        "def wrong_length(completions, problems):\n"
+        "    return [1.0]\n"
+        "NOT_A_FUNCTION = 3\n"
+    )
+    (tmp_path / "broken_rewards.py").write_text("import package_that_is_not_there\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "my_rewards"
+
+
+def test_import_path_reward(reward_module):
+    reward = build_reward(["correct", f"{reward_module}:length_penalty"], weights=[1.0, 1.0])
+    assert reward(["Answer: 5"], [P]) == pytest.approx([1.0 - 0.09])
+
+
+def test_import_path_errors(reward_module):
+    with pytest.raises(UserError, match=r"^stages\[1\].reward: reward 'nope_mod:f': module 'nope_mod' not found"):
+        build_reward(["nope_mod:f"], where="stages[1].reward")
+    with pytest.raises(UserError, match="module 'my_rewards' has no attribute 'missing'"):
+        load_reward("my_rewards:missing")
+    with pytest.raises(UserError, match=r"'NOT_A_FUNCTION' is not callable \(it is int\)"):
+        load_reward("my_rewards:NOT_A_FUNCTION")
+    with pytest.raises(UserError, match="importing 'broken_rewards' failed: No module named 'package_that_is_not_there'"):
+        load_reward("broken_rewards:f")
+    with pytest.raises(UserError, match="'corect' is not a built-in reward"):
+        build_reward(["corect"])
+    with pytest.raises(UserError, match="2 reward_weights for 1 reward functions"):
+        build_reward(["correct"], weights=[1.0, 2.0])
+    with pytest.raises(UserError, match="the list of reward functions is empty"):
+        build_reward([])
+
+
+def test_wrong_length_from_user_reward_names_it(reward_module):
+    reward = build_reward(["my_rewards:wrong_length"])
+    with pytest.raises(UserError, match="reward 'my_rewards:wrong_length' returned 1 values for 2 completions"):
+        reward(["a", "b"], [P, P])
+
+
+def test_check_rewards():
+    assert check_rewards([1, 0.5, True], "r", 3) == [1.0, 0.5, 1.0]
+    assert check_rewards(torch.tensor([1.0, 2.0]), "r", 2) == [1.0, 2.0]
+    with pytest.raises(UserError, match="reward 'r' returned 2 values for 3 completions"):
+        check_rewards([1.0, 2.0], "r", 3)
+    with pytest.raises(UserError, match="reward 'r' returned a non-number at index 1: '1'"):
+        check_rewards([1.0, "1"], "r", 2)
+    with pytest.raises(UserError, match="reward 'r' returned nan at index 0; rewards must be finite"):
+        check_rewards([math.nan], "r", 1)
+    with pytest.raises(UserError, match="reward 'r' returned inf at index 0"):
+        check_rewards([math.inf], "r", 1)
+    with pytest.raises(UserError, match="reward 'r' returned a float; it must return a list of 1 floats"):
+        check_rewards(1.0, "r", 1)
+    with pytest.raises(UserError, match="reward 'r' returned a NoneType"):
+        check_rewards(None, "r", 1)
