@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from reasonloop import dist
 from reasonloop.config import Recipe
 from reasonloop.errors import UserError
 from reasonloop.runs.store import RunStore
@@ -116,36 +117,58 @@ def write_summary(ctx: RunContext, extra: dict | None = None) -> dict:
     return summary
 
 
+def _open_store(recipe: Recipe, run_dir: Path) -> RunStore:
+    """Rank 0 creates and writes the run store; other ranks (torchrun) open it read-only afterwards."""
+    store, problem = None, None
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        store = RunStore(run_dir / "store.sqlite")
+        try:
+            check_resumable(store, recipe)
+            store.set_meta("stage_fingerprints", stage_fingerprints(recipe))
+            (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        except UserError as err:
+            problem = str(err)
+    problem = dist.broadcast_object(problem)  # every rank stops with the same message, none waits forever
+    if problem is not None:
+        if store is not None:
+            store.close()
+        raise UserError(problem)
+    return store if store is not None else RunStore(run_dir / "store.sqlite", readonly=True)
+
+
 def run_pipeline(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> dict:
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store = RunStore(run_dir / "store.sqlite")
-    check_resumable(store, recipe)
-    store.set_meta("stage_fingerprints", stage_fingerprints(recipe))
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    store = _open_store(recipe, run_dir)
     ctx = RunContext(recipe=recipe, run_dir=run_dir, store=store, progress=progress,
                      current_model=recipe.model.path)
     try:
+        summary = None
         for i, (cfg, name) in enumerate(zip(recipe.stages, recipe.stage_names())):
             _run_stage(ctx, i, cfg, name)
-            write_summary(ctx)
-        summary = write_summary(ctx)
-        from reasonloop.runs.report import write_report
+            if dist.is_main():
+                write_summary(ctx)
+        if dist.is_main():
+            summary = write_summary(ctx)
+            from reasonloop.runs.report import write_report
 
-        write_report(run_dir)
-        return summary
+            write_report(run_dir)
+        return dist.broadcast_object(summary)
     finally:
         store.close()
 
 
 def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:
-    row = ctx.store.stage(name)
+    # Rank 0's view of the stage decides for all ranks: they skip or run it together.
+    row = dist.broadcast_object(ctx.store.stage(name) if dist.is_main() else None)
     if row is not None and row["status"] == "done":
         log.info("stage %s already done; skipping", name)
         model = (row["result"] or {}).get("model")
         if model:
             ctx.outputs[name] = ctx.current_model = model
         return
+    if row is not None and cfg.kind == "eval":
+        ctx.store.truncate_after(name, -1)  # an evaluation killed midway starts over: drop its partial rows
     ctx.store.start_stage(name, cfg.kind, position)
     module = importlib.import_module(STAGE_MODULES[cfg.kind])
     started = time.time()

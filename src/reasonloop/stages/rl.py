@@ -1,0 +1,374 @@
+"""The RL stage on verifiable rewards: GRPO, RLOO, and PPO with a value head as in ReFT.
+
+One step: pick prompts (curriculum or a seeded order) -> sample G completions each with the rollout
+engine -> rewards -> (dynamic sampling: drop groups whose rewards are all equal, sample more) ->
+advantages -> `epochs` passes of clipped policy updates in `minibatches` -> refresh the engine.
+
+- GRPO (Shao et al. 2024, DeepSeekMath): group-normalised advantages, KL to the reference as a loss term.
+- RLOO (Ahmadian et al. 2024): leave-one-out baseline.
+- PPO as in ReFT (Luong et al. 2024, "ReFT: Reasoning with Reinforced Fine-Tuning"): a value head on the
+  policy backbone, the score on the last token, a per-token KL penalty to the SFT reference folded
+  into the reward, GAE, advantage whitening.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from reasonloop import dist
+from reasonloop.algos.advantages import gae, group_advantages, leave_one_out, whiten, zero_variance_groups
+from reasonloop.algos.aggregate import aggregate, masked_mean
+from reasonloop.algos.kl import kl_penalty
+from reasonloop.algos.policy import clipped_policy_loss, clipped_value_loss
+from reasonloop.checkpoint import find_checkpoint, load_trainer_state, load_weights_into, save_checkpoint, set_rng_state
+from reasonloop.errors import UserError
+from reasonloop.generate.base import SamplingParams
+from reasonloop.models import resolve_dtype
+from reasonloop.optim import build_optimizer
+from reasonloop.stages.rl_batch import Rollout, last_token_scores, pack_rollout, policy_stats, row_mask
+from reasonloop.stages.sft_data import shuffled_order
+from reasonloop.tasks.prompt import encode_prompt, prompt_text
+from reasonloop.verify.rewards import is_correct
+
+log = logging.getLogger(__name__)
+
+
+class RLLoop:
+    """The state one RL stage carries between steps; `step()` is the loop body."""
+
+    def __init__(self, policy, tokenizer, problems, cfg, *, task_cfg, engine, reward_fn, ref_model=None,
+                 value_head=None, curriculum=None, store=None, stage="rl", ckpt_dir=None):
+        self.policy, self.tok, self.problems, self.cfg = policy, tokenizer, problems, cfg
+        self.task_cfg, self.engine, self.reward_fn = task_cfg, engine, reward_fn
+        self.ref_model, self.value_head, self.curriculum = ref_model, value_head, curriculum
+        self.store, self.stage, self.ckpt_dir = store, stage, ckpt_dir
+        self.device = next(policy.parameters()).device
+        self.bf16 = resolve_dtype("auto", self.device) == torch.bfloat16
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        if value_head is not None:
+            self.params += list(value_head.parameters())
+        self.opt, self.sched = build_optimizer(self.params, cfg.optim, cfg.steps)
+        self.state = {"step": 0, "cursor": 0,
+                      "curriculum": curriculum.init_state() if curriculum is not None else None}
+        self.order = shuffled_order(len(problems), cfg.seed, 0)
+        self._prompt_cache: dict[int, list[int]] = {}
+
+    # ------------------------------------------------------------------ rollout
+    def _pick(self, n: int, attempt: int) -> list[int]:
+        if self.curriculum is not None:
+            rng = np.random.default_rng([self.cfg.seed, self.state["step"], attempt])
+            return self.curriculum.sample(self.state["curriculum"], n, rng)
+        start = self.state["cursor"]
+        self.state["cursor"] = start + n
+        return [self.order[(start + j) % len(self.order)] for j in range(n)]
+
+    def _prompt_ids(self, i: int) -> list[int]:
+        if i not in self._prompt_cache:
+            p = self.problems[i]
+            text = prompt_text(self.tok, p.question, self.task_cfg.prompt, self.task_cfg.answer_format)
+            self._prompt_cache[i] = encode_prompt(self.tok, text)
+        return self._prompt_cache[i]
+
+    def _sample(self, indices: list[int], attempt: int) -> Rollout:
+        cfg, dec = self.cfg, self.cfg.decoding
+        params = SamplingParams(n=cfg.group_size, temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k,
+                                min_p=dec.min_p, max_new_tokens=dec.max_new_tokens, stop=tuple(dec.stop),
+                                seed=cfg.seed * 1_000_003 + self.state["step"] * 101 + attempt)
+        prompts = [self._prompt_ids(i) for i in indices]
+        outs = self.engine.generate(prompts, params, progress=False)
+        rows = [(i, p, s) for i, p, group in zip(indices, prompts, outs) for s in group]
+        problems = [self.problems[i] for i, _, _ in rows]
+        texts = [s.text for _, _, s in rows]
+        rewards = self._rewards(texts, problems)
+        correct = [is_correct(t, p, self.task_cfg.extract, self.task_cfg.numeric_tolerance)
+                   for t, p in zip(texts, problems)]
+        return Rollout(problems, [i for i, _, _ in rows], [p for _, p, _ in rows], [s.token_ids for _, _, s in rows],
+                       texts, [s.finish_reason for _, _, s in rows], torch.tensor(rewards, dtype=torch.float32),
+                       correct)
+
+    def _rewards(self, texts, problems) -> list[float]:
+        """A reward function that raises or returns NaN stops the stage, after a checkpoint."""
+        try:
+            return self.reward_fn(texts, problems)
+        except Exception as err:  # user code: anything can come out of it
+            self.save()
+            why = str(err) if isinstance(err, UserError) else f"reward raised {type(err).__name__}: {err}"
+            raise UserError(f"{self.stage}: {why} (checkpoint saved at step {self.state['step']}; "
+                            "fix the reward and run the same command to resume)") from None
+
+    def collect(self) -> tuple[Rollout | None, int]:
+        """Rollouts for this step; with dynamic sampling, groups with equal rewards are replaced."""
+        cfg, G = self.cfg, self.cfg.group_size
+        want = max(1, cfg.prompts_per_step // dist.world_size())
+        parts, dropped = [], 0
+        tries = 1 + (cfg.max_tries if cfg.dynamic_sampling else 0)
+        for attempt in range(tries):
+            # The rank furthest from its share decides: every rank picks (and advances the cursor) alike.
+            need = int(dist.all_reduce_max(want - sum(len(p) for p in parts) // G))
+            if need <= 0:
+                break
+            picked = self._pick(need * dist.world_size(), attempt)[dist.rank()::dist.world_size()]
+            ro = self._sample(picked, attempt)
+            if cfg.dynamic_sampling and G > 1:
+                flat = zero_variance_groups(ro.rewards, G)
+                dropped += int(flat.sum())
+                keep = [r for r in range(len(ro)) if not flat[r // G]]
+                ro = ro.select(keep)
+            parts.append(ro)
+        rollout = Rollout.concat(parts) if parts else None
+        if rollout is not None and len(rollout) > want * G:
+            rollout = rollout.select(list(range(want * G)))
+        return (rollout if rollout is not None and len(rollout) else None), dropped
+
+    # ------------------------------------------------------------------ update
+    def _no_grad_stats(self, model, rollout, chunks, values=False, disable_adapter=False):
+        """Per-token stats of all rows in the [N, L] layout, computed in row chunks to bound memory."""
+        n = len(rollout)
+        full_len = max(len(p) + len(c) for p, c in zip(rollout.prompt_ids, rollout.completion_ids))
+        out: dict[str, torch.Tensor] = {}
+        ctx = model.disable_adapter() if disable_adapter else nullcontext()
+        with torch.no_grad(), ctx, self._autocast():
+            for rows in np.array_split(np.arange(n), max(1, min(chunks, n))):
+                rows = rows.tolist()
+                batch = pack_rollout(rollout, rows, self.device)
+                stats = policy_stats(model, batch, self.cfg.decoding.temperature,
+                                     value_head=self.value_head if values else None)
+                for k, v in stats.items():
+                    out.setdefault(k, torch.zeros(n, full_len, dtype=torch.float32, device=self.device))
+                    out[k][rows, : batch.max_len] = v.float()
+        return out
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _advantages(self, rollout, old, ref_logp, mask):
+        cfg, G = self.cfg, self.cfg.group_size
+        if cfg.algorithm == "grpo":
+            return group_advantages(rollout.rewards, G, scale_std=cfg.scale_std).to(self.device), None
+        if cfg.algorithm == "rloo":
+            return leave_one_out(rollout.rewards, G).to(self.device), None
+        token_rewards = last_token_scores(rollout.rewards.to(self.device), mask)  # [N, L]
+        if ref_logp is not None:  # ReFT: per-token KL penalty folded into the reward
+            token_rewards = token_rewards - cfg.kl_coef * kl_penalty(old["logp"], ref_logp, "k1") * mask
+        adv, returns = gae(token_rewards, old["values"], mask, cfg.gamma, cfg.lam)
+        return (whiten(adv, mask) if cfg.whiten_advantages else adv), returns
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        cfg = self.cfg
+        ppo = cfg.algorithm == "ppo"
+        need_old = ppo or cfg.epochs > 1 or cfg.minibatches > 1
+        old = self._no_grad_stats(self.policy, rollout, cfg.minibatches, values=ppo) if need_old else None
+        ref_logp = None
+        if cfg.kl_coef > 0:
+            lora_ref = self.ref_model is None
+            ref_logp = self._no_grad_stats(self.policy if lora_ref else self.ref_model, rollout, cfg.minibatches,
+                                           disable_adapter=lora_ref)["logp"]
+        full = pack_rollout(rollout, list(range(len(rollout))), self.device)
+        mask_full = row_mask(full)
+        adv, returns = self._advantages(rollout, old, ref_logp, mask_full)
+        sums: dict[str, float] = {}
+        count = 0
+        self.policy.train()
+        # Every rank must take the same number of optimizer steps (each is a collective).
+        splits = min(cfg.minibatches, -int(dist.all_reduce_max(-len(rollout))))
+        for epoch in range(cfg.epochs):
+            perm = np.random.default_rng([cfg.seed, self.state["step"], epoch]).permutation(len(rollout))
+            for rows in np.array_split(perm, splits):
+                m = self._minibatch(rollout, rows.tolist(), old, ref_logp, adv, returns)
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+        self.sched.step()
+        return {k: v / count for k, v in sums.items()}
+
+    def _minibatch(self, rollout, rows, old, ref_logp, adv, returns) -> dict[str, float]:
+        cfg = self.cfg
+        batch = pack_rollout(rollout, rows, self.device)
+        L, mask = batch.max_len, row_mask(batch)
+        with self._autocast():
+            cur = policy_stats(self.policy, batch, cfg.decoding.temperature, with_entropy=True,
+                               value_head=self.value_head)
+        old_logp = old["logp"][rows, :L] if old is not None else cur["logp"].detach()
+        a = adv[rows] if adv.dim() == 1 else adv[rows, :L]
+        norm = float(cfg.decoding.max_new_tokens)
+        loss, pm = clipped_policy_loss(cur["logp"], old_logp, a, mask, cfg.clip_low, cfg.clip_high,
+                                       mode=cfg.aggregate, norm_const=norm)
+        metrics = {"policy_loss": loss.item(), "clip_frac": pm["clip_frac"].item(),
+                   "entropy": masked_mean(cur["entropy"], mask).item()}
+        if ref_logp is not None:
+            kl = kl_penalty(cur["logp"], ref_logp[rows, :L], cfg.kl_estimator)  # [S, L]
+            metrics["kl"] = masked_mean(kl, mask).item()
+            if cfg.algorithm != "ppo":  # GRPO / RLOO: KL as a loss term; PPO has it in the reward
+                loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.aggregate, norm)
+        if cfg.algorithm == "ppo":
+            vl, vm = clipped_value_loss(cur["values"], old["values"][rows, :L], returns[rows, :L], mask,
+                                        cfg.value_clip, mode=cfg.aggregate, norm_const=norm)
+            loss = loss + cfg.vf_coef * vl
+            metrics.update(value_loss=vl.item(), vf_clip_frac=vm["vf_clip_frac"].item())
+        # Each rank's loss is a mean over its rows; weighted by its share of the global count and summed
+        # over ranks (sync_gradients) it is the loss of the whole minibatch, as in one process.
+        counts = {"token_mean": lambda: mask.sum().item(), "seq_mean": lambda: mask.any(1).sum().item()}
+        part = dist.share(counts.get(cfg.aggregate, lambda: len(rows))()) if dist.active() else 1.0
+        (loss * part).backward()
+        dist.sync_gradients(self.params)
+        metrics["loss"] = loss.item()
+        metrics = dist.sum_metrics({k: v * part for k, v in metrics.items()}) if dist.active() else metrics
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or 1e9))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return metrics
+
+    # ------------------------------------------------------------------ bookkeeping
+    def save(self) -> None:
+        if self.ckpt_dir is None or not dist.is_main():
+            return
+        extra = {"value_head": self.value_head} if self.value_head is not None else None
+        save_checkpoint(self.ckpt_dir, self.policy, self.tok, self.opt, self.sched, dict(self.state), extra)
+
+    def resume(self) -> None:
+        found = find_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+        if found is None:
+            return
+        load_weights_into(self.policy, found)
+        saved = load_trainer_state(found)
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        if self.value_head is not None:
+            self.value_head.load_state_dict(saved["modules"]["value_head"])
+        set_rng_state(saved["rng"])
+        self.state = dict(saved["state"])
+        self.engine.update_weights(self.policy)
+        if self.store is not None and dist.is_main():
+            self.store.truncate_after(self.stage, self.state["step"])
+        log.info("%s: resumed from %s at step %d", self.stage, found, self.state["step"])
+
+    def step(self) -> dict[str, float]:
+        """One rollout-and-update step; returns its metrics."""
+        t0 = time.time()
+        self.policy.eval()
+        rollout, dropped = self.collect()
+        t_gen = time.time() - t0
+        metrics: dict[str, float] = {"dropped_groups": float(dropped)}
+        # Under torchrun a rank whose groups were all dropped cannot sit out the update's collectives alone.
+        if dist.all_reduce_max(float(rollout is None)) == 0:
+            metrics.update(self.update(rollout))
+            self.engine.update_weights(self.policy)
+            n = float(len(rollout))
+            totals = dist.sum_metrics({"dropped_groups": float(dropped), "samples": n,
+                                       "reward_mean": rollout.rewards.sum().item(), "accuracy": float(sum(rollout.correct)),
+                                       "response_tokens": float(sum(map(len, rollout.completion_ids)))})
+            metrics.update({k: totals[k] / totals["samples"] for k in ("reward_mean", "accuracy", "response_tokens")},
+                           dropped_groups=totals["dropped_groups"], samples=totals["samples"])
+            self._update_curriculum(rollout)
+        else:
+            self.sched.step()  # every group was flat: the step passes with no update
+        metrics.update(gen_seconds=t_gen, train_seconds=time.time() - t0 - t_gen)
+        self.state["step"] += 1
+        if self.curriculum is not None:
+            metrics.update(self.curriculum.log(self.state["curriculum"]))
+        return metrics
+
+    def _update_curriculum(self, rollout: Rollout) -> None:
+        if self.curriculum is None:
+            return
+        from reasonloop.curriculum import BatchStats
+
+        G = self.cfg.group_size
+        per_problem: dict[int, list[float]] = {}
+        for part in dist.all_gather_object((rollout.indices, rollout.rewards.tolist())):  # every rank's groups
+            for i, r in zip(*part):
+                per_problem.setdefault(i, []).append(r)
+        idx = list(per_problem)
+        rewards = [sum(v) / len(v) for v in per_problem.values()]
+        # |advantage| of a problem = mean absolute deviation of its group's rewards (SEC's learning signal)
+        abs_adv = [sum(abs(x - m) for x in v) / len(v) for v, m in zip(per_problem.values(), rewards)] \
+            if G > 1 else None
+        stats = BatchStats(indices=idx, rewards=rewards, abs_advantages=abs_adv, step=self.state["step"])
+        self.state["curriculum"] = self.curriculum.update(self.state["curriculum"], stats)
+
+
+def train_rl(loop: RLLoop, progress: bool = True) -> dict:
+    loop.resume()
+    cfg = loop.cfg
+    bar = tqdm(total=cfg.steps, initial=loop.state["step"], desc=loop.stage, unit="step", dynamic_ncols=True,
+               disable=not progress or not dist.is_main())
+    last: dict[str, float] = {}
+    while loop.state["step"] < cfg.steps:
+        last = loop.step()
+        done = loop.state["step"]
+        if loop.store is not None and dist.is_main():
+            loop.store.log_metrics(loop.stage, done, last)
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            loop.save()
+            dist.barrier()
+        bar.set_postfix(reward=f"{last.get('reward_mean', float('nan')):.3f}",
+                        gen=f"{last['gen_seconds']:.0f}s", train=f"{last['train_seconds']:.0f}s")
+        bar.update(1)
+    bar.close()
+    return {"final_loss": last.get("loss"), "final_reward": last.get("reward_mean"), "steps": cfg.steps}
+
+
+def _reference_ref(ctx, cfg) -> str:
+    """The RL reference: `reference` if set, else the latest SFT/RFT output, else the stage's start model."""
+    if cfg.reference is not None:
+        return ctx.resolve_model(cfg.reference)
+    for stage, name in reversed(list(zip(ctx.recipe.stages, ctx.recipe.stage_names()))):
+        if stage.kind in ("sft", "rft") and name in ctx.outputs:
+            return ctx.outputs[name]
+    return ctx.resolve_model(cfg.init_from)
+
+
+def run(ctx, cfg, name: str) -> dict:
+    """Pipeline entry: RL from the current model on the task's training problems."""
+    from safetensors.torch import save_file
+
+    from reasonloop.curriculum import estimate_difficulty, make_curriculum
+    from reasonloop.generate import make_engine
+    from reasonloop.models import load_model, save_hf_folder
+    from reasonloop.verify.rewards import build_reward
+
+    if cfg.algorithm in ("grpo", "rloo") and cfg.group_size < 2:
+        raise UserError(f"{name}: {cfg.algorithm} needs group_size >= 2, got {cfg.group_size}")
+    recipe, task_cfg = ctx.recipe, ctx.recipe.task
+    index = recipe.stage_names().index(name)
+    model_ref = ctx.resolve_model(cfg.init_from)
+    policy, tok = load_model(model_ref, dtype=recipe.model.dtype, lora=recipe.model.lora, trainable=True)
+    ref_model = None
+    if cfg.kl_coef > 0 and recipe.model.lora is None:
+        ref_model, _ = load_model(_reference_ref(ctx, cfg), dtype=recipe.model.dtype)
+        ref_model.requires_grad_(False)
+    value_head = None
+    if cfg.algorithm == "ppo":
+        torch.manual_seed(cfg.seed)
+        value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(next(policy.parameters()).device)
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+    problems = ctx.task.train[: cfg.limit] if cfg.limit else ctx.task.train
+    curriculum = None
+    if cfg.curriculum.scheduler != "none":
+        measured = ctx.store.problem_stats("pass_rate") if cfg.curriculum.difficulty == "pass_rate" else None
+        diffs = estimate_difficulty(cfg.curriculum.difficulty, problems, measured)
+        has_levels = bool(task_cfg.gym and task_cfg.gym.levels)
+        curriculum = make_curriculum(cfg.curriculum, diffs, cfg.steps, stage_kind="rl", has_levels=has_levels,
+                                     where=f"stages[{index}].curriculum")
+    reward_fn = build_reward(cfg.reward, cfg.reward_weights, task_cfg.extract, task_cfg.numeric_tolerance,
+                             answer_format=task_cfg.answer_format, where=f"stages[{index}].reward")
+    engine = make_engine(policy, tok, kind=recipe.run.engine, max_batch=cfg.prompts_per_step * cfg.group_size,
+                         progress=False)
+    loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn,
+                  ref_model=ref_model, value_head=value_head, curriculum=curriculum, store=ctx.store, stage=name,
+                  ckpt_dir=ctx.stage_dir(name) / "checkpoint")
+    result = train_rl(loop, ctx.progress)
+    out = ctx.stage_dir(name) / "model"
+    if dist.is_main():
+        save_hf_folder(policy, tok, out)
+        if value_head is not None:  # beside the HF folder, not inside: the folder stays a plain model
+            save_file(value_head.state_dict(), str(ctx.stage_dir(name) / "value_head.safetensors"))
+    dist.barrier()
+    return {**result, "model": str(out)}

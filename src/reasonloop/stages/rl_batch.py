@@ -1,0 +1,80 @@
+"""One RL rollout batch: prompts, sampled completions, rewards, and the per-token tensors of the update.
+
+Everything per token lives in the padded [S, L] layout of the packed batch (reasonloop.packing):
+row i is sample i, column t is the position that predicts completion token t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from reasonloop.algos.logprobs import token_logprobs
+from reasonloop.packing import PackedBatch, backbone_and_head, pack_sequences, packed_hidden
+from reasonloop.tasks.base import Problem
+
+
+@dataclass
+class Rollout:
+    problems: list[Problem]  # one per sample (each prompt repeated G times, groups consecutive)
+    indices: list[int]  # problem index in the stage's pool, per sample
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    texts: list[str]
+    finish: list[str]
+    rewards: torch.Tensor  # [N]
+    correct: list[bool]
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, keep: list[int]) -> "Rollout":
+        pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+        return Rollout(pick(self.problems), pick(self.indices), pick(self.prompt_ids), pick(self.completion_ids),
+                       pick(self.texts), pick(self.finish), self.rewards[keep], pick(self.correct), dict(self.extra))
+
+    @staticmethod
+    def concat(parts: list["Rollout"]) -> "Rollout":
+        cat = lambda name: sum((getattr(p, name) for p in parts), [])  # noqa: E731
+        return Rollout(cat("problems"), cat("indices"), cat("prompt_ids"), cat("completion_ids"), cat("texts"),
+                       cat("finish"), torch.cat([p.rewards for p in parts]), cat("correct"))
+
+
+def pack_rollout(rollout: Rollout, rows: list[int], device="cpu") -> PackedBatch:
+    seqs = [rollout.prompt_ids[i] + rollout.completion_ids[i] for i in rows]
+    return pack_sequences(seqs, [len(rollout.prompt_ids[i]) for i in rows], device=device)
+
+
+def to_rows(batch: PackedBatch, values: torch.Tensor) -> torch.Tensor:
+    """Values at trained positions [n] -> [S, L] (0 elsewhere)."""
+    slots = batch.dest[batch.loss_mask]
+    out = torch.zeros(batch.num_seqs * batch.max_len, dtype=values.dtype, device=values.device)
+    return out.index_put((slots,), values).view(batch.num_seqs, batch.max_len)
+
+
+def row_mask(batch: PackedBatch) -> torch.Tensor:
+    return to_rows(batch, torch.ones(int(batch.loss_mask.sum()), device=batch.dest.device)).bool()
+
+
+def policy_stats(model, batch: PackedBatch, temperature: float, with_entropy: bool = False,
+                 value_head=None) -> dict[str, torch.Tensor]:
+    """Per-token log-probs (under the sampling temperature), entropy and values, each [S, L]."""
+    hidden = packed_hidden(model, batch)  # [N, H]
+    _, head = backbone_and_head(model)
+    sel = batch.loss_mask
+    h = hidden[sel]  # [n, H]
+    stats = token_logprobs(h, head, batch.targets[sel], temperature=temperature, with_entropy=with_entropy)
+    out = {k: to_rows(batch, v) for k, v in stats.items()}
+    if value_head is not None:
+        out["values"] = to_rows(batch, value_head(h.to(value_head.weight.dtype)).squeeze(-1))
+    return out
+
+
+def last_token_scores(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Put each sample's scalar reward [S] on its last completion token: [S, L] (ReFT's reward shape)."""
+    last = mask.long().cumsum(1).argmax(1)  # [S]: index of the last True in each row
+    out = torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device)
+    out[torch.arange(mask.shape[0], device=mask.device), last] = rewards
+    return out * mask

@@ -1,0 +1,118 @@
+"""RL end to end on a tiny random model and a toy reward that is easy to learn.
+
+Reward: share of completion tokens equal to a fixed token that the untrained policy already samples
+sometimes (top-k sampling keeps the policy's choices few), so PPO, GRPO and RLOO all have signal.
+"""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from reasonloop.config import RlStage, TaskConfig
+from reasonloop.errors import UserError
+from reasonloop.generate import make_engine
+from reasonloop.models import load_model
+from reasonloop.runs.store import RunStore
+from reasonloop.stages.rl import RLLoop, train_rl
+from reasonloop.tasks.base import Problem
+
+PROBLEMS = [Problem(id=f"p{i}", question=f"Say something about {i}.", answer=str(i)) for i in range(16)]
+
+
+def rl_cfg(algorithm, **kw):
+    base = dict(kind="rl", algorithm=algorithm, steps=24, prompts_per_step=4, group_size=4,
+                decoding={"temperature": 1.0, "top_k": 8, "max_new_tokens": 8}, save_every=4,
+                optim={"lr": 3e-3, "schedule": "constant"}, epochs=1, minibatches=1)
+    if algorithm == "ppo":
+        base.update(group_size=1, prompts_per_step=16, epochs=2, minibatches=2, kl_coef=0.0, vf_coef=0.5)
+    base.update(kw)
+    return RlStage(**base)
+
+
+def favourite_text(engine, tok):
+    """A token text the untrained policy writes in some completions but not all: the learning target."""
+    from reasonloop.generate.base import SamplingParams
+    from reasonloop.tasks.prompt import encode_prompt, prompt_text
+
+    cfg = TaskConfig()
+    prompts = [encode_prompt(tok, prompt_text(tok, p.question, cfg.prompt, cfg.answer_format)) for p in PROBLEMS]
+    outs = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, top_k=8, max_new_tokens=8, seed=1),
+                           progress=False)
+    texts = [s.text for group in outs for s in group]
+    pieces = {tok.decode([t]).strip() for group in outs for s in group for t in s.token_ids}
+    share = {w: sum(w in t for t in texts) / len(texts) for w in pieces if len(w) >= 2}
+    return min(share, key=lambda w: abs(share[w] - 0.3))
+
+
+def make_loop(model_dir, cfg, tmp_path, store=None, reward_fn=None, ref=False):
+    policy, tok = load_model(str(model_dir), trainable=True)
+    engine = make_engine(policy, tok, kind="torch", max_batch=64, progress=False)
+    target = favourite_text(engine, tok)
+
+    def share_of_target(completions, problems):
+        return [float(target in c) for c in completions]
+
+    vh = torch.nn.Linear(policy.config.hidden_size, 1) if cfg.algorithm == "ppo" else None
+    ref_model = load_model(str(model_dir))[0] if ref else None
+    loop = RLLoop(policy, tok, PROBLEMS, cfg, task_cfg=TaskConfig(), engine=engine,
+                  reward_fn=reward_fn or share_of_target, ref_model=ref_model, value_head=vh, store=store,
+                  stage="rl", ckpt_dir=tmp_path / "ck")
+    return loop
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "ppo"])
+def test_reward_rises(tiny_model_dir, tmp_path, algorithm):
+    store = RunStore(tmp_path / "s.sqlite")
+    loop = make_loop(tiny_model_dir, rl_cfg(algorithm), tmp_path, store)
+    before = [p.detach().clone() for p in loop.policy.parameters()]
+    train_rl(loop, progress=False)
+    rewards = [v for _, v in store.metrics("rl", "reward_mean")]
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert all(math.isfinite(r) for r in rewards)
+    assert last > first + 0.15, rewards
+    assert any(not torch.equal(a, b) for a, b in zip(before, loop.policy.parameters()))
+    for key in ("gen_seconds", "train_seconds", "entropy", "clip_frac", "response_tokens", "dropped_groups"):
+        assert store.metrics("rl", key), key
+    if algorithm == "ppo":
+        assert store.metrics("rl", "value_loss")
+
+
+def test_grpo_with_kl_and_dynamic_sampling_logs_drops(tiny_model_dir, tmp_path):
+    store = RunStore(tmp_path / "s.sqlite")
+    cfg = rl_cfg("grpo", steps=3, kl_coef=0.1, dynamic_sampling=True, max_tries=2)
+    loop = make_loop(tiny_model_dir, cfg, tmp_path, store,
+                     reward_fn=lambda c, p: [float(i % 3 == 0) for i in range(len(c))], ref=True)
+    train_rl(loop, progress=False)
+    assert store.metrics("rl", "kl") and store.metrics("rl", "dropped_groups")
+
+
+def test_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
+    cfg = rl_cfg("grpo", steps=6, save_every=3)
+    a = make_loop(tiny_model_dir, cfg, tmp_path / "a", RunStore(tmp_path / "a.sqlite"))
+    train_rl(a, progress=False)
+    b_store = RunStore(tmp_path / "b.sqlite")
+    b = make_loop(tiny_model_dir, cfg.model_copy(update={"steps": 3}), tmp_path / "b", b_store)
+    train_rl(b, progress=False)  # "killed" after step 3 (checkpoint at 3)
+    c = make_loop(tiny_model_dir, cfg, tmp_path / "b", b_store)
+    train_rl(c, progress=False)
+    ra = [v for _, v in a.store.metrics("rl", "reward_mean")]
+    rc = [v for _, v in b_store.metrics("rl", "reward_mean")]
+    assert rc == pytest.approx(ra, abs=1e-6)
+    for x, y in zip(a.policy.parameters(), c.policy.parameters()):
+        assert torch.allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda c, p: 1 / 0, "reward function 'my_reward' raised ZeroDivisionError"),
+    (lambda c, p: [float("nan")] * len(c), "my_reward.*nan.*finite"),
+])
+def test_broken_reward_stops_with_message_after_checkpoint(tiny_model_dir, tmp_path, bad, message):
+    from reasonloop.verify.rewards import CombinedReward
+
+    reward = CombinedReward(names=["my_reward"], fns=[bad], weights=[1.0])
+    loop = make_loop(tiny_model_dir, rl_cfg("grpo", steps=2), tmp_path, reward_fn=reward)
+    with pytest.raises(UserError, match=message):
+        train_rl(loop, progress=False)
+    assert (tmp_path / "ck" / "trainer_state.pt").is_file()

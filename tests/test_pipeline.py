@@ -1,0 +1,113 @@
+"""The pipeline end to end on a tiny model: stages chain, summary/report are written, a run killed at
+several points and resumed ends like an uninterrupted one, and a changed recipe is refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reasonloop.config import load_recipe
+from reasonloop.errors import UserError
+from reasonloop.pipeline import run_pipeline
+
+
+def toy_task(tmp_path: Path) -> Path:
+    rows = [{"question": f"What is {a} + {b}?", "answer": str(a + b), "reasoning": f"{a} + {b} = {a + b}"}
+            for a in range(1, 7) for b in range(1, 5)]
+    f = tmp_path / "toy.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f
+
+
+def tiny_recipe(tmp_path, model_dir, **over) -> Path:
+    data = toy_task(tmp_path)
+    recipe = {
+        "model": {"path": str(model_dir)},
+        "task": {"source": "jsonl", "train": str(data), "test": str(data),
+                 "fields": {"reasoning": "reasoning"}},
+        "stages": [
+            {"kind": "eval", "name": "base", "limit": 8, "k": 2, "decoding": {"max_new_tokens": 8}},
+            {"kind": "sft", "name": "sft", "epochs": 2, "batch_tokens": 256, "save_every": 1,
+             "optim": {"lr": 1e-2}},
+            {"kind": "eval", "name": "after_sft", "limit": 8, "k": 2, "decoding": {"max_new_tokens": 8}},
+            {"kind": "rl", "name": "grpo", "steps": 3, "prompts_per_step": 2, "group_size": 2, "save_every": 1,
+             "decoding": {"max_new_tokens": 8}, "optim": {"lr": 1e-3}},
+            {"kind": "eval", "name": "after_rl", "limit": 8, "k": 0, "decoding": {"max_new_tokens": 8}},
+        ],
+        "run": {"progress": False},
+    }
+    recipe.update(over)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def run_cli(args, **kw):
+    return subprocess.run([sys.executable, "-m", "reasonloop", *args], capture_output=True, text=True, **kw)
+
+
+def test_pipeline_writes_summary_report_and_outputs(tmp_path, tiny_model_dir):
+    recipe = load_recipe(tiny_recipe(tmp_path, tiny_model_dir))
+    summary = run_pipeline(recipe, tmp_path / "run", progress=False)
+    names = [s["name"] for s in summary["stages"]]
+    assert names == ["base", "sft", "after_sft", "grpo", "after_rl"]
+    sft = summary["stages"][1]
+    assert sft["kind"] == "sft" and sft["final_loss"] > 0 and sft["seconds"] > 0
+    ev = sft["eval"]
+    assert set(ev) >= {"top1", "top1_ci95", "n", "maj_k", "mean_tokens"} and len(ev["top1_ci95"]) == 2
+    assert (tmp_path / "run" / "stages" / "grpo" / "model" / "config.json").is_file()
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "http://" not in html and "https://" not in html
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert saved["stages"][1]["optim"]["lr"] == 1e-2
+    # completed stages are not redone
+    from reasonloop.runs.store import RunStore
+
+    before = [(s["started"], s["finished"]) for s in RunStore(tmp_path / "run" / "store.sqlite").stages()]
+    again = run_pipeline(recipe, tmp_path / "run", progress=False)
+    after = [(s["started"], s["finished"]) for s in RunStore(tmp_path / "run" / "store.sqlite").stages()]
+    assert before == after and again["stages"] == summary["stages"]
+
+
+def test_changed_recipe_is_refused(tmp_path, tiny_model_dir):
+    path = tiny_recipe(tmp_path, tiny_model_dir)
+    recipe = load_recipe(path)
+    recipe.stages = recipe.stages[:2]
+    run_pipeline(recipe, tmp_path / "run", progress=False)
+    changed = load_recipe(path, ["stages.1.optim.lr=0.5"])
+    changed.stages = changed.stages[:2]
+    with pytest.raises(UserError, match="recipe changed for stage 'sft'"):
+        run_pipeline(changed, tmp_path / "run", progress=False)
+    # adding stages at the end is fine
+    longer = load_recipe(path)
+    longer.stages = longer.stages[:3]
+    run_pipeline(longer, tmp_path / "run", progress=False)
+
+
+def _results(summary):
+    return [(s["name"], s.get("final_loss"), (s.get("eval") or {}).get("top1")) for s in summary["stages"]]
+
+
+@pytest.mark.parametrize("kill_after", [6.0, 14.0, 22.0])
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, kill_after):
+    path = tiny_recipe(tmp_path, tiny_model_dir)
+    straight = run_pipeline(load_recipe(path), tmp_path / "straight", progress=False)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "reasonloop", "run", str(path), "--out", str(out),
+                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = run_cli(["run", str(path), "--out", str(out), "--no-progress"], env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads((out / "summary.json").read_text())
+    assert [s["status"] for s in resumed["stages"]] == ["done"] * 5
+    for (n1, l1, t1), (n2, l2, t2) in zip(_results(straight), _results(resumed)):
+        assert n1 == n2 and t1 == t2 and (l1 == l2 or abs(l1 - l2) < 1e-4), (n1, l1, l2, t1, t2)
