@@ -1,0 +1,245 @@
+"""The built-in torch engine: continuous batching over a preallocated KV cache, shared prompt prefill.
+
+Scheduling follows Orca (Yu et al. 2022, "Orca: A Distributed Serving System for Transformer-Based
+Generative Models"): the batch is re-formed every decode step, a finished sequence leaves at once and
+queued work takes its slot, so no compute goes to finished rows. Each distinct prompt is prefilled once
+and its KV copied into the slots of its ``n`` samples. Llama-family models run on ``LlamaFast``; other
+architectures use the HF forward in waves (``hf_path``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from reasonloop.errors import UserError
+from reasonloop.generate.base import FinishReason, Sample, SamplingParams
+from reasonloop.generate.llama_fast import LlamaFast, supports_fast_path, unwrap
+from reasonloop.generate.sampling import check_params, sample_tokens
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a sequence: the tokenizer's EOS and the generation config's (int or list)."""
+    ids: set[int] = set()
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(unwrap(model), "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def common_prefix_len(prompts: list[list[int]]) -> int:
+    """Length of the longest common prefix, leaving every prompt at least one token of its own."""
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    length = 0
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length
+
+
+@dataclass
+class _Seq:
+    prompt_index: int
+    sample_index: int
+    pos: int  # tokens already in the KV cache (prompt + generated, minus the last sampled token)
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: FinishReason | None = None
+
+
+class Finisher:
+    """Decides when a sequence ends (EOS / stop string / length) and builds its ``Sample``."""
+
+    def __init__(self, tokenizer, eos: set[int], params: SamplingParams):
+        self.tokenizer, self.eos, self.params = tokenizer, eos, params
+        # A stop string spans at most this many trailing tokens (a token decodes to >= 1 char, and
+        # byte-fallback pieces need a few extra), so only the tail is decoded each step.
+        self.tail = max((len(s) for s in params.stop), default=0) + 8
+
+    def check(self, seq: _Seq) -> None:
+        token = seq.tokens[-1]
+        if token in self.eos:
+            seq.finish = "eos"
+        elif self.params.stop and any(s in self.tokenizer.decode(seq.tokens[-self.tail:])
+                                      for s in self.params.stop):
+            seq.finish = "stop"
+        elif len(seq.tokens) >= self.params.max_new_tokens:
+            seq.finish = "length"
+
+    def sample(self, seq: _Seq) -> Sample:
+        text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
+        if seq.finish == "stop":
+            cuts = [text.find(s) for s in self.params.stop if s in text]
+            text = text[:min(cuts)] if cuts else text
+        return Sample(prompt_index=seq.prompt_index, token_ids=list(seq.tokens),
+                      logprobs=list(seq.logprobs), finish_reason=seq.finish, text=text)
+
+
+class Progress:
+    """tqdm bar: samples done, useful tokens/s. A no-op when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        self.tokens, self.start, self.last = 0, time.perf_counter(), 0.0
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="sample", desc="generate", dynamic_ncols=True)
+
+    def update(self, samples: int, tokens: int) -> None:
+        self.tokens += tokens
+        if self.bar is None:
+            return
+        self.bar.update(samples)
+        now = time.perf_counter()
+        if now - self.last > 0.5:
+            self.bar.set_postfix_str(f"{self.tokens / max(now - self.start, 1e-9):.0f} tok/s")
+            self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):.0f} tok/s")
+            self.bar.close()
+
+
+class TorchEngine:
+    """``Engine`` on the live torch model. ``update_weights`` (or any in-place parameter change, which
+    is detected) makes the next ``generate`` use the current weights."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 64, dtype: torch.dtype | None = None,
+                 progress: bool = True, fast: bool | None = None):
+        from reasonloop.models import resolve_dtype
+
+        if max_batch < 1:
+            raise UserError(f"max_batch: expected >= 1, got {max_batch}")
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.dtype = dtype or resolve_dtype("auto", self.device)
+        self.max_batch, self.progress = max_batch, progress
+        self.eos = eos_ids(model, tokenizer)
+        use_fast = supports_fast_path(model) if fast is None else fast
+        self.fast = LlamaFast(model, self.dtype, self.device) if use_fast else None
+
+    def update_weights(self, model) -> None:
+        self.model = model
+        if self.fast is not None:
+            with torch.no_grad():
+                self.fast.load(model)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 progress: bool | None = None) -> list[list[Sample]]:
+        check_params(params)
+        if any(len(p) == 0 for p in prompts):
+            raise UserError("generate: empty prompt (no token ids)")
+        show = self.progress if progress is None else progress
+        if not prompts:
+            return []
+        finisher = Finisher(self.tokenizer, self.eos, params)
+        bar = Progress(len(prompts) * params.n, show)
+        generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        try:
+            with torch.inference_mode():
+                if self.fast is None:
+                    from reasonloop.generate.hf_path import generate_waves
+
+                    done = generate_waves(self.model, prompts, params, self.max_batch, finisher,
+                                          generator, bar, self.device)
+                else:
+                    done = self._generate_fast(prompts, params, finisher, generator, bar)
+        finally:
+            bar.close()
+        out: list[list[Sample]] = [[None] * params.n for _ in prompts]  # type: ignore[list-item]
+        for seq in done:
+            out[seq.prompt_index][seq.sample_index] = finisher.sample(seq)
+        return out
+
+    # ------------------------------------------------------------------ fast path
+    def _generate_fast(self, prompts, params, finisher, generator, bar) -> list[_Seq]:
+        fast = self.fast
+        if fast.stale():
+            fast.load(self.model)
+        slots = min(self.max_batch, len(prompts) * params.n)
+        fast.allocate(slots, max(len(p) for p in prompts) + params.max_new_tokens)
+        queue = deque((i, 0) for i in range(len(prompts)))  # (prompt index, next sample index)
+        saved: dict[int, tuple] = {}  # prompt index -> ((k, v), logits) while samples are still queued
+        prefix = self._shared_prefix(prompts)
+        active: list[_Seq] = []  # active[j] lives in cache slot j
+        done: list[_Seq] = []
+        while active or queue:
+            self._admit(prompts, params, queue, saved, prefix, active, slots, generator, finisher)
+            active = self._retire(active, done, bar)
+            if not active:
+                continue
+            tokens = torch.tensor([s.tokens[-1] for s in active], device=self.device)  # [B]
+            pos = torch.tensor([s.pos for s in active], device=self.device)  # [B]
+            logits = fast.decode(tokens, pos)  # [B, V]
+            new, logp = sample_tokens(logits, params, generator)
+            for seq, tok, lp in zip(active, new.tolist(), logp.tolist()):
+                seq.pos += 1
+                seq.tokens.append(tok)
+                seq.logprobs.append(lp)
+                finisher.check(seq)
+            active = self._retire(active, done, bar)
+        return done
+
+    def _shared_prefix(self, prompts):
+        """Prefill the prompts' common prefix (e.g. the chat template's system turn) once; its (k, v)."""
+        length = common_prefix_len(prompts)
+        if length < 2 or len(prompts) < 2:
+            return None
+        self.fast.prefill(prompts[0][:length], 0)
+        return self.fast.snapshot(0, length)
+
+    def _admit(self, prompts, params, queue, saved, prefix, active, slots, generator, finisher) -> None:
+        """Fill free slots from the queue; sample each new sequence's first token from its prompt logits."""
+        fast, started, first_logits = self.fast, [], []
+        while queue and len(active) < slots:
+            index, sample = queue.popleft()
+            prompt = prompts[index]
+            slot = len(active)
+            if index in saved:
+                kv, logits = saved[index]
+                fast.restore(kv, slot)
+            else:
+                if prefix is not None:
+                    fast.restore(prefix, slot)
+                start = 0 if prefix is None else prefix[0].shape[2]
+                logits = fast.prefill(prompt[start:], slot, start)  # [V]
+            take = min(params.n - sample, slots - slot)
+            for j in range(1, take):
+                fast.copy_slot(slot, slot + j, len(prompt))
+            for j in range(take):
+                active.append(_Seq(index, sample + j, pos=len(prompt)))
+                first_logits.append(logits)
+                started.append(active[-1])
+            if sample + take < params.n:  # keep the prompt's KV for its remaining samples
+                saved[index] = (fast.snapshot(slot, len(prompt)), logits)
+                queue.appendleft((index, sample + take))
+            else:
+                saved.pop(index, None)
+        if started:
+            new, logp = sample_tokens(torch.stack(first_logits), params, generator)
+            for seq, tok, lp in zip(started, new.tolist(), logp.tolist()):
+                seq.tokens.append(tok)
+                seq.logprobs.append(lp)
+                finisher.check(seq)
+
+    def _retire(self, active: list[_Seq], done: list[_Seq], bar) -> list[_Seq]:
+        """Move finished sequences out; compact the rest into slots 0..B'-1 (copying their KV down)."""
+        if all(s.finish is None for s in active):
+            return active
+        kept = []
+        for slot, seq in enumerate(active):
+            if seq.finish is not None:
+                done.append(seq)
+                bar.update(1, len(seq.tokens))
+                continue
+            if slot != len(kept):  # later rows only move down, so a source is never overwritten first
+                self.fast.copy_slot(slot, len(kept), seq.pos)
+            kept.append(seq)
+        return kept

@@ -1,0 +1,190 @@
+"""The torch engine on a tiny random Llama: outputs, finish reasons, batching, log-probs, weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from reasonloop.errors import UserError
+from reasonloop.generate import SamplingParams, make_engine
+from reasonloop.generate.torch_engine import TorchEngine, common_prefix_len
+
+LOGPROB_TOL = 1e-4  # fp32 engine vs fp32 teacher-forced HF forward
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_tiny_model(len(tokenizer)).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    texts = ["Hello there, how are you", "What is 2+2?", "x", "Tell me a story about a cat and a dog"]
+    return [tokenizer.encode(t) for t in texts]
+
+
+def engine(model, tokenizer, **kw) -> TorchEngine:
+    kw.setdefault("progress", False)
+    return TorchEngine(model, tokenizer, dtype=torch.float32, **kw)
+
+
+def hf_greedy(model, prompt, max_new, eos):
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False,
+                             eos_token_id=sorted(eos), pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def teacher_forced(model, prompt, tokens, temperature):
+    """Log-prob of each generated token under log_softmax(logits / T) of one full forward pass."""
+    ids = torch.tensor([prompt + tokens])
+    with torch.inference_mode():
+        logits = model(ids).logits[0, len(prompt) - 1:-1].float()  # [N, V]
+    logp = torch.log_softmax(logits / (temperature or 1.0), -1)
+    return logp.gather(-1, torch.tensor(tokens)[:, None])[:, 0]
+
+
+def frequent_token(model, tokenizer, prompts):
+    """A token greedy decoding emits early in some prompts, used as EOS to make lengths differ."""
+    out = engine(model, tokenizer).generate(prompts, SamplingParams(temperature=0, max_new_tokens=6))
+    return out[0][0].token_ids[2]
+
+
+def test_shapes_and_finish_reasons(model, tokenizer, prompts):
+    out = engine(model, tokenizer, max_batch=5).generate(prompts[:2], SamplingParams(n=3, max_new_tokens=7))
+    assert [len(group) for group in out] == [3, 3]
+    for index, group in enumerate(out):
+        for s in group:
+            assert s.prompt_index == index
+            assert len(s.token_ids) == len(s.logprobs) <= 7
+            assert s.finish_reason in ("eos", "length")
+            assert (s.finish_reason == "length") == (len(s.token_ids) == 7)
+            assert all(lp <= 0 for lp in s.logprobs)
+
+
+def test_eos_ends_sequence_and_is_kept(model, tokenizer, prompts):
+    eng = engine(model, tokenizer)
+    free = eng.generate(prompts[:1], SamplingParams(temperature=0, max_new_tokens=8))[0][0]
+    eng.eos = {free.token_ids[3]}
+    cut = free.token_ids.index(free.token_ids[3]) + 1
+    s = eng.generate(prompts[:1], SamplingParams(temperature=0, max_new_tokens=8))[0][0]
+    assert s.finish_reason == "eos"
+    assert s.token_ids == free.token_ids[:cut]
+
+
+def test_stop_string_cuts_text(model, tokenizer, prompts):
+    eng = engine(model, tokenizer)
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    free = eng.generate(prompts[1:2], params)[0][0]
+    stop = tokenizer.decode(free.token_ids[4:6])
+    s = eng.generate(prompts[1:2], SamplingParams(temperature=0, max_new_tokens=12, stop=(stop,)))[0][0]
+    assert s.finish_reason == "stop"
+    assert s.text == free.text[:free.text.find(stop)]
+    assert s.token_ids == free.token_ids[:len(s.token_ids)] and len(s.token_ids) <= 6
+
+
+def test_fixed_seed_is_deterministic_and_seed_matters(model, tokenizer, prompts):
+    eng = engine(model, tokenizer, max_batch=2)
+    run = lambda seed: [[s.token_ids for s in g] for g in eng.generate(  # noqa: E731
+        prompts[:2], SamplingParams(n=2, temperature=1.0, max_new_tokens=5, seed=seed))]
+    first = run(5)
+    assert run(5) == first
+    assert run(6) != first
+
+
+def test_n_samples_share_the_prompt_and_differ(model, tokenizer, prompts):
+    out = engine(model, tokenizer, max_batch=3).generate(
+        prompts[:1], SamplingParams(n=5, temperature=1.0, max_new_tokens=8, seed=0))
+    assert len({tuple(s.token_ids) for s in out[0]}) > 1
+    for s in out[0]:  # samples 3 and 4 start from the saved prompt KV once slots free up
+        got, want = torch.tensor(s.logprobs), teacher_forced(model, prompts[0], s.token_ids, 1.0)
+        assert torch.allclose(got, want, atol=LOGPROB_TOL)
+
+
+def test_continuous_batching_matches_one_at_a_time_and_hf(model, tokenizer, prompts):
+    eos = {frequent_token(model, tokenizer, prompts)}
+    params = SamplingParams(temperature=0, max_new_tokens=10)
+    batched, single = engine(model, tokenizer, max_batch=2), engine(model, tokenizer, max_batch=1)
+    batched.eos = single.eos = eos
+    many = batched.generate(prompts, params)
+    assert len({len(g[0].token_ids) for g in many}) > 1  # rows did finish at different steps
+    for prompt, group in zip(prompts, many):
+        assert group[0].token_ids == single.generate([prompt], params)[0][0].token_ids
+        assert group[0].token_ids == hf_greedy(model, prompt, 10, eos)
+
+
+def test_logprobs_match_teacher_forced_forward(model, tokenizer, prompts):
+    for temperature, n in ((0.0, 1), (0.7, 2)):
+        params = SamplingParams(n=n, temperature=temperature, top_k=20, top_p=0.9, max_new_tokens=6, seed=2)
+        out = engine(model, tokenizer, max_batch=3).generate(prompts, params)
+        for prompt, group in zip(prompts, out):
+            for s in group:
+                want = teacher_forced(model, prompt, s.token_ids, temperature)
+                assert torch.allclose(torch.tensor(s.logprobs), want, atol=LOGPROB_TOL)
+
+
+def test_generic_hf_path_matches_fast_path(model, tokenizer, prompts):
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=6)
+    fast = engine(model, tokenizer, max_batch=3).generate(prompts[:3], params)
+    generic = engine(model, tokenizer, max_batch=3, fast=False).generate(prompts[:3], params)
+    assert [[s.token_ids for s in g] for g in fast] == [[s.token_ids for s in g] for g in generic]
+    for a, b in zip(fast, generic):
+        assert torch.allclose(torch.tensor(a[0].logprobs), torch.tensor(b[0].logprobs), atol=LOGPROB_TOL)
+
+
+def test_weight_changes_reach_the_next_generate(tokenizer, prompts):
+    model = build_tiny_model(len(tokenizer), seed=1).eval()
+    eng = engine(model, tokenizer)
+    params = SamplingParams(temperature=0, max_new_tokens=8)
+    before = eng.generate(prompts[:1], params)[0][0].token_ids
+    with torch.no_grad():  # an in-place edit, as an optimizer step makes
+        for p in model.model.layers[0].mlp.parameters():
+            p.mul_(-3.0)
+    after = eng.generate(prompts[:1], params)[0][0].token_ids
+    assert after == hf_greedy(model, prompts[0], 8, eng.eos) and after != before
+    other = build_tiny_model(len(tokenizer), seed=2).eval()
+    eng.update_weights(other)
+    assert eng.generate(prompts[:1], params)[0][0].token_ids == hf_greedy(other, prompts[0], 8, eng.eos)
+
+
+def test_peft_lora_model_uses_adapter_weights(tokenizer, prompts):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(build_tiny_model(len(tokenizer), seed=3),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    s = engine(model, tokenizer).generate(prompts[:1], SamplingParams(temperature=0, max_new_tokens=8))[0][0]
+    with torch.inference_mode():
+        out = model.generate(input_ids=torch.tensor([prompts[0]]), max_new_tokens=8, do_sample=False,
+                             eos_token_id=2, pad_token_id=0)
+    assert s.token_ids == out[0, len(prompts[0]):].tolist()[:len(s.token_ids)]
+    assert torch.allclose(torch.tensor(s.logprobs), teacher_forced(model, prompts[0], s.token_ids, 0),
+                          atol=LOGPROB_TOL)
+
+
+def test_progress_bar_on_and_off(model, tokenizer, prompts, capsys):
+    params = SamplingParams(max_new_tokens=4)
+    for show in (False, True):
+        out = make_engine(model, tokenizer, kind="torch", progress=show).generate(prompts[:2], params)
+        assert len(out) == 2
+    assert "generate" in capsys.readouterr().err
+
+
+def test_common_prefix_leaves_each_prompt_a_token():
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert common_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert common_prefix_len([[7], [7, 8]]) == 0
+    assert common_prefix_len([[1, 2], [3, 2]]) == 0
+
+
+def test_bad_input_messages(model, tokenizer):
+    with pytest.raises(UserError, match="^generate: empty prompt"):
+        engine(model, tokenizer).generate([[]], SamplingParams())
+    with pytest.raises(UserError, match="^max_batch: expected >= 1, got 0$"):
+        engine(model, tokenizer, max_batch=0)
+    with pytest.raises(UserError, match="^engine: expected one of auto, torch, vllm, got 'fast'$"):
+        make_engine(model, tokenizer, kind="fast")
