@@ -93,7 +93,13 @@ def _print_table(summary: dict) -> None:
 def _run(recipe, out: str | None, label: str, progress: bool) -> int:
     from reasonloop.pipeline import run_pipeline
 
-    out = out or f"runs/{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from reasonloop import dist
+
+    # Rank 0 names the folder: ranks started a second apart must not pick different timestamps.
+    out = dist.broadcast_object(out or f"runs/{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not dist.is_main():
+        run_pipeline(recipe, out, progress=False)
+        return 0
     print(f"run folder: {out}", file=sys.stderr)
     summary = run_pipeline(recipe, out, progress=progress)
     _print_table(summary)
@@ -137,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from reasonloop import dist
+
+    dist.init()  # joins the process group under torchrun / accelerate launch; no-op in one process
+    if not dist.is_main():
+        logging.getLogger().setLevel(logging.WARNING)  # one copy of the progress log, from rank 0
     try:
         return _dispatch(args)
     except UserError as err:
@@ -145,3 +156,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        dist.shutdown()

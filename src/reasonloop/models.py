@@ -84,10 +84,48 @@ def default_model_dir() -> Path:
     return out
 
 
+TINY_RANDOM = "tiny-random"
+
+
+def tiny_random_dir() -> Path:
+    """`tiny-random`: a 2-layer, 64-wide Llama with random weights (seed 0) and the default tokenizer.
+
+    For exercising the machinery (distributed runs, smoke recipes) in seconds: it trains, but knows
+    nothing. Built once into the cache; every process and machine builds the same weights.
+    """
+    out = cache_dir() / TINY_RANDOM
+    if (out / "config.json").exists():
+        return out
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer("default")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process (a rank of the same run) got there first, with the same weights
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def resolve_model_path(path: str) -> Path | str:
     """Map a model spec to something `from_pretrained` takes; raise UserError for a path that is no model."""
     if path == "default":
         return default_model_dir()
+    if path == TINY_RANDOM:
+        return tiny_random_dir()
     p = Path(path).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():

@@ -30,8 +30,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 
 
 class RunStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """`readonly`: what ranks other than 0 of a distributed run hold. Reads work; writes are dropped,
+        because rank 0 writes the same rows (one writer, no duplicate metrics)."""
         self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -42,6 +48,8 @@ class RunStore:
         self.conn.close()
 
     def _tx(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
+        if self.readonly:
+            return
         with self.conn:  # one transaction: all rows or none
             self.conn.execute("BEGIN")
             if isinstance(rows, tuple):
@@ -105,6 +113,8 @@ class RunStore:
 
     def truncate_after(self, stage: str, step: int) -> None:
         """Drop rows a killed run wrote after its last checkpoint, so a resume does not count them twice."""
+        if self.readonly:
+            return
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.execute("DELETE FROM metrics WHERE stage = ? AND step > ?", (stage, step))

@@ -116,6 +116,9 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, sta
     start = _maybe_resume(model, opt, sched, ckpt_dir, store, stage)
     mask_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
     rank, world = dist.rank(), dist.world_size()
+    if cfg.grad_accum % world and dist.is_main():
+        log.warning("%s: grad_accum=%d is not a multiple of the %d processes: some idle part of each step",
+                    stage, cfg.grad_accum, world)
     model.train()
     bar = tqdm(total=plan.steps, initial=start, desc=stage, disable=not progress or not dist.is_main(),
                unit="step", dynamic_ncols=True)
@@ -135,14 +138,10 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, sta
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, metrics, n_tok = microbatch_loss(model, examples, mb, cfg, ref_model=ref_model,
                                                        mask_id=mask_id, generator=gen, device=device)
-            (loss * share * world).backward() if dist.active() else (loss * share).backward()
+            (loss * share).backward()  # summed over ranks by sync_gradients: the global-batch gradient
             totals += torch.tensor([loss.item() * share, n_tok, metrics["nll"].item() * share])
         dist.sync_gradients(params)
         dist.all_reduce_sum(totals)
-        if dist.active():
-            for p in params:
-                if p.grad is not None:
-                    p.grad.div_(world)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
         opt.step()
         sched.step()
