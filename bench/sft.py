@@ -1,0 +1,101 @@
+"""SFT throughput: TRL SFTTrainer against reasonloop's SFT stage on the same examples, in one run.
+
+The default model, the same GSM8K training examples (chat prompt + gold solution, loss on the
+solution only), the same sequence budget (max length 256) and the same number of examples per
+optimizer step. Reports train tokens/s (non-padding tokens) and model FLOPs utilisation against the
+matmul peak measured in the same run. Writes bench/results/sft.json; the last line is ratio=<ours/TRL>.
+
+    python bench/sft.py            # 256 examples
+    python bench/sft.py --quick    # 32 examples, under 5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from reasonloop.config import SftStage, TaskConfig
+from reasonloop.models import load_model
+from reasonloop.stages.sft import train_sft
+from reasonloop.stages.sft_data import examples_from_pairs, gold_pairs
+from reasonloop.tasks import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak(dtype, n=2048, reps=5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def run_trl(pairs, batch, max_length, bf16: bool, packing: bool) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok = load_model("default", dtype="fp32", trainable=True)
+    ds = Dataset.from_list([{"prompt": p, "completion": r} for _, p, r in pairs])
+    cfg = SFTConfig(output_dir="/tmp/rl_bench_trl", per_device_train_batch_size=batch, num_train_epochs=1,
+                    max_length=max_length, learning_rate=1e-5, logging_steps=1000, save_strategy="no",
+                    report_to=[], bf16=bf16, use_cpu=True, packing=packing, completion_only_loss=True,
+                    dataloader_num_workers=0, disable_tqdm=True, seed=0)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+    tokens = sum(min(len(x["input_ids"]), max_length) for x in trainer.train_dataset)
+    t = time.perf_counter()
+    trainer.train()
+    secs = time.perf_counter() - t
+    return {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs}
+
+
+def run_ours(examples, batch_tokens, grad_accum) -> dict:
+    model, tok = load_model("default", dtype="fp32", trainable=True)
+    cfg = SftStage(kind="sft", epochs=1, batch_tokens=batch_tokens, grad_accum=grad_accum, max_length=256,
+                   optim={"lr": 1e-5}, save_every=10_000)
+    tokens = sum(len(e.ids) for e in examples)
+    t = time.perf_counter()
+    train_sft(model, tok, examples, cfg, progress=False)
+    secs = time.perf_counter() - t
+    return {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--examples", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "bench/results/sft.json"))
+    args = ap.parse_args()
+    n = args.examples or (32 if args.quick else 256)
+    _, tok = load_model("default")
+    pairs = gold_pairs(tok, load_task(TaskConfig()).train[:n], TaskConfig())
+    examples = examples_from_pairs(tok, pairs, 256)
+    params = 134.5e6
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16, n=1024, reps=2)
+    rows = {}
+    rows["trl fp32 (batch 8)"] = run_trl(pairs, 8, 256, bf16=False, packing=False)
+    if not args.quick:
+        rows["trl fp32 packing (batch 8)"] = run_trl(pairs, 8, 256, bf16=False, packing=True)
+    mean_len = sum(len(e.ids) for e in examples) / len(examples)
+    rows["reasonloop fp32 (8 ex/step, packed)"] = run_ours(examples, int(mean_len * 8) + 1, 1)
+    print(f"\nSFT on {len(examples)} GSM8K examples, mean {mean_len:.0f} tokens; matmul peak fp32 "
+          f"{peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s (this CPU has no AMX/AVX512-BF16)")
+    print(f"{'run':<40}{'seconds':>9}{'tokens/s':>10}{'MFU fp32':>10}")
+    for name, r in rows.items():
+        r["mfu_fp32"] = 6 * params * r["tokens_per_s"] / peak32
+        print(f"{name:<40}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.1f}{r['mfu_fp32']:>10.1%}")
+    trl_best = max(v["tokens_per_s"] for k, v in rows.items() if k.startswith("trl"))
+    ours = rows["reasonloop fp32 (8 ex/step, packed)"]["tokens_per_s"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"examples": len(examples), "peak_fp32": peak32, "peak_bf16": peak16,
+                                          "runs": rows, "ratio": ours / trl_best}, indent=2))
+    print(f"ratio={ours / trl_best:.2f}")
+
+
+if __name__ == "__main__":
+    main()
