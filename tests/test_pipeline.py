@@ -53,8 +53,11 @@ def run_cli(args, **kw):
 
 
 def test_pipeline_writes_summary_report_and_outputs(tmp_path, tiny_model_dir):
-    recipe = load_recipe(tiny_recipe(tmp_path, tiny_model_dir))
+    recipe = load_recipe(tiny_recipe(tmp_path, tiny_model_dir, run={"progress": False,
+                                                                    "ablation": ["after_sft", "after_rl"]}))
     summary = run_pipeline(recipe, tmp_path / "run", progress=False)
+    assert set(summary["ablation"]) == {"after_sft", "after_rl"}
+    assert set(summary["ablation"]["after_rl"]) == {"top1", "top1_ci95", "n"}
     names = [s["name"] for s in summary["stages"]]
     assert names == ["base", "sft", "after_sft", "grpo", "after_rl"]
     sft = summary["stages"][1]
@@ -94,20 +97,38 @@ def _results(summary):
     return [(s["name"], s.get("final_loss"), (s.get("eval") or {}).get("top1")) for s in summary["stages"]]
 
 
-@pytest.mark.parametrize("kill_after", [6.0, 14.0, 22.0])
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, kill_after):
+def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
+    """Kill the run three times at different moments (inside different stages), resume each time."""
     path = tiny_recipe(tmp_path, tiny_model_dir)
     straight = run_pipeline(load_recipe(path), tmp_path / "straight", progress=False)
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "reasonloop", "run", str(path), "--out", str(out),
-                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(kill_after)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    cmd = [sys.executable, "-m", "reasonloop", "run", str(path), "--out", str(out), "--no-progress"]
+    statuses = []
+    for kill_after in (7.0, 9.0, 9.0):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if (out / "store.sqlite").exists():  # readable after every kill
+            from reasonloop.runs.store import RunStore
+
+            statuses.append([s["status"] for s in RunStore(out / "store.sqlite").stages()])
+    assert statuses and statuses[-1] != ["done"] * 5, "the run finished before the last kill; kill sooner"
     done = run_cli(["run", str(path), "--out", str(out), "--no-progress"], env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     resumed = json.loads((out / "summary.json").read_text())
     assert [s["status"] for s in resumed["stages"]] == ["done"] * 5
     for (n1, l1, t1), (n2, l2, t2) in zip(_results(straight), _results(resumed)):
         assert n1 == n2 and t1 == t2 and (l1 == l2 or abs(l1 - l2) < 1e-4), (n1, l1, l2, t1, t2)
+
+
+def test_missing_sink_package_is_named(tmp_path, tiny_model_dir):
+    try:
+        import wandb  # noqa: F401
+        pytest.skip("wandb is installed here")
+    except ImportError:
+        pass
+    recipe = load_recipe(tiny_recipe(tmp_path, tiny_model_dir, run={"report_to": ["wandb"]}))
+    with pytest.raises(UserError, match="run.report_to: wandb needs `pip install wandb`"):
+        run_pipeline(recipe, tmp_path / "run", progress=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reasonloop.recipe_io import apply_override, load_yaml_with_lines, parse_overrides, validate_with_lines
 
@@ -88,8 +88,10 @@ class TaskConfig(Strict):
     """reasoning-gym settings (source: gym)."""
     strip_calculator: bool = True
     """GSM8K: remove `<<a*b=c>>` calculator annotations from gold reasoning."""
-    answer_format: Literal["answer_line", "hash", "boxed"] = "answer_line"
-    """How gold reasoning ends and what the instruction asks for: `Answer: N`, `#### N`, or `\\boxed{N}`."""
+    answer_format: Literal["answer_line", "hash", "boxed", "program"] = "answer_line"
+    """How gold reasoning ends and what the instruction asks for: `Answer: N`, `#### N`, `\\boxed{N}`, or
+    `program`: program-of-thought, a Python program whose printed result is the answer, run in the sandbox
+    (GSM8K gold programs are derived from its calculator annotations)."""
     extract: list[Literal["hash", "answer_line", "boxed", "last_number"]] = [
         "answer_line", "hash", "boxed", "last_number"]
     """Answer extraction strategies, tried in order."""
@@ -341,8 +343,8 @@ class RunConfig(Strict):
     """Optional metric sinks besides the run store."""
     engine: Literal["auto", "torch", "vllm"] = "auto"
     """Generation engine: vLLM when installed and a GPU is present (`auto`), else the built-in torch engine."""
-    seed: int = 0
-    """Seed for everything not seeded by a stage."""
+    ablation: list[str] = []
+    """Eval stages to compare side by side in summary.json's `ablation` entry (e.g. with/without curriculum)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -354,8 +356,25 @@ class Recipe(Strict):
     """Problems and how they are prompted and checked."""
     stages: list[Stage] = []
     """Stages run in order; each starts from the previous stage's model."""
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_names(cls, stages):
+        names = [s.name or f"{s.kind}{i}" for i, s in enumerate(stages)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        return stages
     run: RunConfig = RunConfig()
     """Run-wide settings."""
+
+    @model_validator(mode="after")
+    def _ablation_arms_are_evals(self):
+        evals = {n for s, n in zip(self.stages, self.stage_names()) if s.kind == "eval"}
+        missing = [a for a in self.run.ablation if a not in evals]
+        if missing:
+            raise ValueError(f"run.ablation names {missing}, which are not eval stages of this recipe")
+        return self
 
     def stage_names(self) -> list[str]:
         return [s.name or f"{s.kind}{i}" for i, s in enumerate(self.stages)]

@@ -109,8 +109,18 @@ def _eval_brief(result: dict) -> dict:
     return {k: result[k] for k in keys if k in result}
 
 
+def _ablation(ctx: RunContext, entries: list[dict]) -> dict | None:
+    """`run.ablation` names eval stages to set side by side (e.g. with and without a curriculum)."""
+    arms = {e["name"]: e["eval"] for e in entries if e["name"] in ctx.recipe.run.ablation and "eval" in e}
+    return {name: {k: ev[k] for k in ("top1", "top1_ci95", "n")} for name, ev in arms.items()} or None
+
+
 def write_summary(ctx: RunContext, extra: dict | None = None) -> dict:
-    summary = {"run_dir": str(ctx.run_dir), "stages": _summary_entries(ctx), **(extra or {})}
+    entries = _summary_entries(ctx)
+    summary = {"run_dir": str(ctx.run_dir), "stages": entries, **(extra or {})}
+    ablation = _ablation(ctx, entries)
+    if ablation:
+        summary["ablation"] = ablation
     tmp = ctx.run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(ctx.run_dir / "summary.json")
@@ -124,7 +134,10 @@ def _open_store(recipe: Recipe, run_dir: Path) -> RunStore:
         run_dir.mkdir(parents=True, exist_ok=True)
         store = RunStore(run_dir / "store.sqlite")
         try:
+            from reasonloop.runs.sinks import make_sinks
+
             check_resumable(store, recipe)
+            store.sinks = make_sinks(recipe.run.report_to, run_dir)
             store.set_meta("stage_fingerprints", stage_fingerprints(recipe))
             (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
         except UserError as err:

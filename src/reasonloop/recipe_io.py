@@ -124,6 +124,8 @@ def _describe(err: dict) -> str:
         return f"expected {expected}, got {got!r}"
     if kind in ("literal_error", "union_tag_invalid"):
         return err["msg"].replace("Input should be", "expected") + f", got {got!r}"
+    if kind in ("value_error", "assertion_error"):
+        return err["msg"].split(", ", 1)[-1]
     if kind == "union_tag_not_found":
         return "each stage needs `kind:` (eval | sft | rft | rl)"
     return f"{err['msg']}, got {got!r}"
@@ -146,6 +148,7 @@ def validate_with_lines(model: type[BaseModel], data: dict, lines: dict[tuple, i
         for err in exc.errors():
             line = _line_for(err["loc"], lines)
             where = line if isinstance(line, str) else f"{label}:{line}" if line else label
-            msgs.append(f"{where}: {_field_path(err['loc'])}: {_describe(err)}")
+            path = _field_path(err["loc"])
+            msgs.append(f"{where}: {_describe(err)}" if not err["loc"] else f"{where}: {path}: {_describe(err)}")
         more = f" (and {len(msgs) - 1} more: " + "; ".join(msgs[1:4]) + ")" if len(msgs) > 1 else ""
         raise UserError(msgs[0] + more) from None

@@ -35,6 +35,7 @@ class RunStore:
         because rank 0 writes the same rows (one writer, no duplicate metrics)."""
         self.path = Path(path)
         self.readonly = readonly
+        self.sinks: list = []  # runs/sinks.py: TensorBoard / W&B / MLflow get every metric row too
         if readonly:
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
             return
@@ -45,6 +46,8 @@ class RunStore:
         self.conn.executescript(SCHEMA)
 
     def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
         self.conn.close()
 
     def _tx(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
@@ -102,6 +105,8 @@ class RunStore:
         now = time.time()
         rows = [(stage, step, k, float(v), now) for k, v in metrics.items() if v is not None]
         self._tx("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+        for sink in self.sinks:
+            sink.log(stage, step, {k: float(v) for k, v in metrics.items() if v is not None})
 
     def metrics(self, stage: str, key: str) -> list[tuple[int, float]]:
         return [(s, v) for s, v in self.conn.execute(

@@ -13,6 +13,7 @@ from reasonloop.generate.base import SamplingParams
 from reasonloop.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
 from reasonloop.tasks.base import Problem
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
+from reasonloop.verify.equiv import answers_match
 from reasonloop.verify.extract import extract_answer
 from reasonloop.verify.rewards import is_correct
 
@@ -45,13 +46,30 @@ def sample_and_judge(engine, tokenizer, problems: list[Problem], task_cfg, param
                           for p in problems]
     outputs = engine.generate([encode_prompt(tokenizer, t) for t in prompts], params, progress=progress)
     judged = []
-    for problem, samples in zip(problems, outputs):
+    program_answers = _program_answers(problems, outputs) if task_cfg.answer_format == "program" else None
+    for i, (problem, samples) in enumerate(zip(problems, outputs)):
         texts = [s.text for s in samples]
-        judged.append(Judged(
-            problem=problem, texts=texts, tokens=[len(s.token_ids) for s in samples],
-            answers=[extract_answer(t, task_cfg.extract) for t in texts],
-            correct=[is_correct(t, problem, task_cfg.extract, task_cfg.numeric_tolerance) for t in texts]))
+        if program_answers is not None:  # program-of-thought: the answer is what the program prints
+            answers = program_answers[i]
+            correct = [answers_match(a, problem.answer, task_cfg.numeric_tolerance) for a in answers]
+        else:
+            answers = [extract_answer(t, task_cfg.extract) for t in texts]
+            correct = [is_correct(t, problem, task_cfg.extract, task_cfg.numeric_tolerance) for t in texts]
+        judged.append(Judged(problem=problem, texts=texts, tokens=[len(s.token_ids) for s in samples],
+                             answers=answers, correct=correct))
     return judged
+
+
+def _program_answers(problems, outputs) -> list[list[str | None]]:
+    """Run every sampled program in the sandbox at once (in parallel), grouped back per problem."""
+    from reasonloop.verify.pot import pot_answers
+
+    flat = pot_answers([s.text for samples in outputs for s in samples])
+    out, i = [], 0
+    for samples in outputs:
+        out.append(flat[i:i + len(samples)])
+        i += len(samples)
+    return out
 
 
 def _store_rows(judged: list[Judged], prompts: list[str], tag: str) -> list[dict]:

@@ -67,5 +67,13 @@ def load_task(cfg) -> TaskData:
         from reasonloop.tasks.gym import load_gym
 
         train, test = load_gym(cfg.gym)
-        return TaskData(train, test)
-    return TaskData(_load_split(cfg, "train"), _load_split(cfg, "test"))
+    else:
+        train, test = _load_split(cfg, "train"), _load_split(cfg, "test")
+    if cfg.answer_format == "program":
+        from reasonloop.tasks.pot import to_pot_problems
+
+        # Training problems carry gold programs; every problem is judged by running the program.
+        train = to_pot_problems(train)
+        for p in test:
+            p.meta["format"] = "pot"
+    return TaskData(train, test)

@@ -10,10 +10,14 @@ INSTRUCTIONS = {
     "answer_line": "Solve it step by step, then give the final answer on a last line 'Answer: <number>'.",
     "hash": "Solve it step by step, then give the final answer on a last line '#### <number>'.",
     "boxed": "Solve it step by step, then give the final answer as \\boxed{<number>}.",
+    "program": "Solve the problem by writing a Python program that prints the final answer as a number, "
+               "in one ```python block.",
 }
 
 
 def answer_line(answer: str, answer_format: str) -> str:
+    if answer_format == "program":  # the smallest program that gives this answer
+        return f"```python\nprint({answer!r})\n```"
     return {"answer_line": f"Answer: {answer}", "hash": f"#### {answer}",
             "boxed": f"The answer is \\boxed{{{answer}}}."}[answer_format]
 
@@ -22,6 +26,8 @@ def gold_response(problem: Problem, answer_format: str, strip_calculator: bool =
     """The gold chain of thought ending in the answer line, or None when the task has no reasoning."""
     if problem.reasoning is None:
         return None
+    if answer_format == "program":
+        return problem.reasoning  # already a fenced program that prints the answer (tasks/pot.py)
     reasoning = problem.reasoning
     if strip_calculator:
         from reasonloop.tasks.gsm8k import strip_calculator as strip

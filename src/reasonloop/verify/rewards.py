@@ -38,6 +38,10 @@ def is_correct(completion: str, problem: Problem, extract: Sequence[str] = DEFAU
 
     For reasoning-gym problems: the dataset's ``score_answer`` gives full marks (>= 1).
     """
+    if problem.meta.get("format") == "pot":  # program-of-thought: run the program in the sandbox
+        from reasonloop.verify.pot import pot_reward
+
+        return pot_reward([completion], [problem])[0] == 1.0
     answer = extract_answer(completion, extract)
     if is_gym(problem):
         return gym_score(answer, problem) >= 1.0
@@ -47,6 +51,10 @@ def is_correct(completion: str, problem: Problem, extract: Sequence[str] = DEFAU
 def correct_reward(extract: Sequence[str] = DEFAULT_STRATEGIES, rel_tol: float = 1e-4) -> RewardFn:
     """1.0 per correct completion, 0.0 otherwise."""
     def correct(completions: list[str], problems: list[Problem]) -> list[float]:
+        if problems and all(p.meta.get("format") == "pot" for p in problems):
+            from reasonloop.verify.pot import pot_reward
+
+            return pot_reward(completions, problems)  # programs run in parallel in the sandbox
         return [float(is_correct(c, p, extract, rel_tol)) for c, p in zip(completions, problems)]
     return correct
 
@@ -54,6 +62,10 @@ def correct_reward(extract: Sequence[str] = DEFAULT_STRATEGIES, rel_tol: float =
 def partial_reward(extract: Sequence[str] = DEFAULT_STRATEGIES, rel_tol: float = 1e-4) -> RewardFn:
     """ReFT: 1 correct, 0.1 extracted but wrong, 0 nothing extracted."""
     def partial(completions: list[str], problems: list[Problem]) -> list[float]:
+        if problems and all(p.meta.get("format") == "pot" for p in problems):
+            from reasonloop.verify.pot import pot_partial_reward
+
+            return pot_partial_reward(completions, problems)
         out = []
         for completion, problem in zip(completions, problems):
             answer = extract_answer(completion, extract)
