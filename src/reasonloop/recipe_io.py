@@ -124,6 +124,9 @@ def _describe(err: dict) -> str:
         return f"expected {expected}, got {got!r}"
     if kind in ("literal_error", "union_tag_invalid"):
         return err["msg"].replace("Input should be", "expected") + f", got {got!r}"
+    bound = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}.get(kind)
+    if bound:
+        return f"expected {bound} {next(iter(err.get('ctx', {}).values()), '?')}, got {got!r}"
     if kind in ("value_error", "assertion_error"):
         return err["msg"].split(", ", 1)[-1]
     if kind == "union_tag_not_found":

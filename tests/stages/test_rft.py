@@ -182,12 +182,16 @@ def test_sample_file_from_another_task_is_refused(tmp_path):
         read_sample_file(str(broken), problems, TaskConfig())
 
 
-def test_settings_checked_before_any_work():
-    rft.check_settings(RftStage(kind="rft"), "rft0")
-    with pytest.raises(UserError, match=r"^rft0.rounds: expected >= 1, got 0$"):
-        rft.check_settings(RftStage(kind="rft", rounds=0), "rft0")
-    with pytest.raises(UserError, match=r"^rft0.budget: expected >= 1, got 0$"):
-        rft.check_settings(RftStage(kind="rft", allocation="uniform", budget=0), "rft0")
+def test_settings_checked_before_any_work(tmp_path):
+    """Counts below 1 are refused by the recipe schema, before any sampling, naming the field."""
+    from reasonloop.config import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stages:\n  - kind: rft\n    rounds: 0\n")
+    with pytest.raises(UserError, match=r"r.yaml:3: stages\[0\].rounds: Input should be greater than or equal to 1"):
+        load_recipe(recipe)
+    with pytest.raises(UserError, match=r"--set stages.0.budget: stages\[0\].budget: Input should be greater"):
+        load_recipe(recipe, ["stages.0.rounds=1", "stages.0.budget=0"])
 
 
 # --------------------------------------------------------------------------- tiny model end to end

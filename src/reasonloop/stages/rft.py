@@ -269,19 +269,10 @@ def pooled_samples(ctx, cfg, name: str, problems: list[Problem]) -> list[dict]:
     return rows
 
 
-def check_settings(cfg, name: str) -> None:
-    """Settings that would otherwise fail only after sampling, named by their recipe field."""
-    for field in ("k", "rounds", "max_per_question") + (("min_correct", "budget") if cfg.allocation != "fixed"
-                                                       else ()):
-        if getattr(cfg, field) < 1:
-            raise UserError(f"{name}.{field}: expected >= 1, got {getattr(cfg, field)}")
-
-
 def run(ctx, cfg, name: str) -> dict:
     """Pipeline entry: R rounds of sample -> verify -> keep distinct paths -> SFT; the last round's model."""
     from reasonloop.models import load_tokenizer
 
-    check_settings(cfg, name)
     start = ctx.resolve_model(cfg.init_from)
     train = ctx.task.train[: cfg.limit] if cfg.limit else ctx.task.train
     problems, bad_gold = usable_problems(train, ctx.recipe.task, name)
