@@ -188,9 +188,9 @@ def test_settings_checked_before_any_work(tmp_path):
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("stages:\n  - kind: rft\n    rounds: 0\n")
-    with pytest.raises(UserError, match=r"r.yaml:3: stages\[0\].rounds: Input should be greater than or equal to 1"):
+    with pytest.raises(UserError, match=r"r.yaml:3: stages\[0\].rounds: expected >= 1, got 0"):
         load_recipe(recipe)
-    with pytest.raises(UserError, match=r"--set stages.0.budget: stages\[0\].budget: Input should be greater"):
+    with pytest.raises(UserError, match=r"--set stages.0.budget: stages\[0\].budget: expected >= 1, got 0"):
         load_recipe(recipe, ["stages.0.rounds=1", "stages.0.budget=0"])
 
 
