@@ -223,8 +223,6 @@ class SftStage(StageBase):
     """Evaluate on `eval_limit` held-out problems every N steps (0: off)."""
     eval_limit: int = 100
     """Held-out problems for periodic evaluation."""
-    curriculum: CurriculumConfig = CurriculumConfig()
-    """Which problems come next (METHODS.md §4)."""
     seed: int = 0
     """Seed of this stage's sampling and data order."""
 
