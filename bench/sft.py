@@ -24,16 +24,9 @@ from reasonloop.stages.sft import train_sft
 from reasonloop.stages.sft_data import examples_from_pairs, gold_pairs
 from reasonloop.tasks import load_task
 
+from generate import matmul_peak  # bench/generate.py: best-of-N square matmul, GFLOP/s
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def matmul_peak(dtype, n=2048, reps=5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def run_trl(pairs, batch, max_length, bf16: bool, packing: bool) -> dict:
@@ -76,7 +69,8 @@ def main() -> None:
     pairs = gold_pairs(tok, load_task(TaskConfig()).train[:n], TaskConfig())
     examples = examples_from_pairs(tok, pairs, 256)
     params = 134.5e6
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16, n=1024, reps=2)
+    peak32 = matmul_peak(torch.float32, 2048, 5) * 1e9
+    peak16 = matmul_peak(torch.bfloat16, 1024, 2) * 1e9
     rows = {}
     rows["trl fp32 (batch 8)"] = run_trl(pairs, 8, 256, bf16=False, packing=False)
     if not args.quick:

@@ -38,7 +38,7 @@ def _cache_of(out):
 
 
 def _cache_kwarg(model) -> str:
-    from reasonloop.generate.llama_fast import unwrap
+    from reasonloop.packing import unwrap
 
     params = inspect.signature(unwrap(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"

@@ -12,12 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from reasonloop.packing import unwrap  # the plain HF model under peft/DDP; LoRA is folded in by effective_weight
+
 FAST_MODEL_TYPES = ("llama", "qwen2")
-
-
-def unwrap(model):
-    """The plain HF causal LM under a peft wrapper (LoRA deltas are folded in by ``effective_weight``)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def supports_fast_path(model) -> bool:
