@@ -15,7 +15,8 @@ import time
 import pytest
 
 from reasonloop.verify import sandbox
-from reasonloop.verify.sandbox import ProgramResult, _classify, _result, run_program, run_programs
+from reasonloop.verify.sandbox import ProgramResult, _result, run_program, run_programs
+from reasonloop.verify.sandbox_child import SandboxViolation, _classify
 
 LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 
@@ -208,7 +209,7 @@ def test_classify_hand_cases():
     assert _classify(SystemExit(2)) == ("crash", "exit status 2")
     assert _classify(OSError(30, "Read-only file system"))[0] == "forbidden"
     assert _classify(OSError(27, "File too large"))[0] == "output too large"
-    assert _classify(sandbox.SandboxViolation("forbidden: os.fork")) == (
+    assert _classify(SandboxViolation("forbidden: os.fork")) == (
         "forbidden", "SandboxViolation: forbidden: os.fork")
     assert _classify(KeyError("k")) == ("crash", "KeyError: 'k'")
 
