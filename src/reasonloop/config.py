@@ -217,6 +217,8 @@ class SftStage(StageBase):
     """JSONL with `prompt` and `response` fields (data: jsonl)."""
     limit: int | None = None
     """Use only the first N training examples."""
+    skip: int = Field(0, ge=0)
+    """Leave out the first N training problems (those an earlier stage trained on); `limit` counts after them."""
     save_every: int = Field(50, ge=1)
     """Checkpoint every N optimizer steps."""
     eval_every: int = 0
@@ -258,6 +260,8 @@ class RftStage(StageBase):
     """Each round trains from the stage's starting model (RFT paper) or continues from the last round."""
     limit: int | None = None
     """Use only the first N training questions."""
+    skip: int = Field(0, ge=0)
+    """Leave out the first N training questions (those an earlier stage trained on); `limit` counts after them."""
     train: SftStage = Field(default_factory=lambda: SftStage(kind="sft"))
     """The SFT loop settings used to train on the kept paths."""
     batch_size: int = 64
@@ -329,6 +333,8 @@ class RlStage(StageBase):
     """Checkpoint every N steps."""
     limit: int | None = None
     """Use only the first N training questions."""
+    skip: int = Field(0, ge=0)
+    """Leave out the first N training questions (those an earlier stage trained on); `limit` counts after them."""
     seed: int = 0
     """Seed of this stage's sampling and data order."""
 

@@ -114,6 +114,18 @@ def test_continuous_batching_matches_one_at_a_time_and_hf(model, tokenizer, prom
         assert group[0].token_ids == hf_greedy(model, prompt, 10, eos)
 
 
+def test_batched_prefill_after_shared_prefix_matches_hf(model, tokenizer, prompts):
+    # One wave prefills prompts of different lengths together, after a prefix they all share.
+    shared = tokenizer.encode("System: answer briefly and carefully.")
+    long_prompts = [shared + p for p in prompts]
+    params = SamplingParams(n=2, temperature=0, max_new_tokens=8)
+    out = engine(model, tokenizer, max_batch=8).generate(long_prompts, params)
+    for prompt, group in zip(long_prompts, out):
+        assert group[0].token_ids == group[1].token_ids == hf_greedy(model, prompt, 8, set())
+        want = teacher_forced(model, prompt, group[0].token_ids, 0.0)
+        assert torch.allclose(torch.tensor(group[0].logprobs), want, atol=LOGPROB_TOL)
+
+
 def test_logprobs_match_teacher_forced_forward(model, tokenizer, prompts):
     for temperature, n in ((0.0, 1), (0.7, 2)):
         params = SamplingParams(n=n, temperature=temperature, top_k=20, top_p=0.9, max_new_tokens=6, seed=2)

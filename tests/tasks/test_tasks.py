@@ -91,3 +91,14 @@ def test_prompt_drops_default_system_turn(tokenizer):
     assert "SmolLM" in kept
     custom = prompt_text(tokenizer, "Q?", PromptConfig(system="Be brief."), "hash")
     assert custom.startswith("<|im_start|>system\nBe brief.") and "'#### <number>'" in custom
+
+
+def test_train_subset_skips_then_limits():
+    from types import SimpleNamespace
+
+    from reasonloop.tasks import train_subset
+
+    items = list(range(10))
+    assert train_subset(items, SimpleNamespace(skip=0, limit=None)) == items
+    assert train_subset(items, SimpleNamespace(skip=3, limit=4)) == [3, 4, 5, 6]
+    assert train_subset(items, SimpleNamespace(skip=8, limit=None)) == [8, 9]

@@ -153,6 +153,39 @@ class LlamaFast:
         x = _rms_norm(x[:, -1], self.norm, self.eps)  # [1, H]
         return F.linear(x, self.lm_head)[0].float()  # [V]
 
+    def prefill_batch(self, prompts: list[list[int]], slots: list[int], start: int = 0,
+                      prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Prefill several prompts in one forward, each into its own slot; their last logits [P, V] (fp32).
+
+        Why: at small batch a forward is bound by reading the weights (~540 MB in fp32), so one prompt at a
+        time costs about as much as many. Prompts are right-padded to the longest; a padded position
+        only writes K/V past its prompt's end, which decode overwrites before any query can see it.
+        ``prefix`` (k, v) [L, KV, start, D] is the shared prefix every prompt continues at ``start``.
+        """
+        p, t = len(prompts), max(len(ids) for ids in prompts)
+        end = start + t
+        padded = torch.zeros(p, t, dtype=torch.long, device=self.device)
+        for row, ids in enumerate(prompts):
+            padded[row, :len(ids)] = torch.tensor(ids, device=self.device)
+        lengths = torch.tensor([len(ids) for ids in prompts], device=self.device)  # [P]
+        slot_index = torch.tensor(slots, device=self.device)
+        x = self.embed[padded]  # [P, T, H]
+        cos, sin = self.cos[None, None, start:end], self.sin[None, None, start:end]  # [1, 1, T, D]
+        # Query j sees the whole prefix and new tokens 0..j (padding sits to the right, so causality hides it).
+        mask = torch.arange(end, device=self.device)[None] <= torch.arange(start, end, device=self.device)[:, None]
+        for i, w in enumerate(self.layers):
+            q, k, v = self._qkv(w, x, cos, sin)  # q [P, NH, T, D]; k, v [P, KV, T, D]
+            self.k_cache[i, slot_index, :, start:end] = k
+            self.v_cache[i, slot_index, :, start:end] = v
+            if prefix is not None:
+                k = torch.cat([prefix[0][i][None].expand(p, -1, -1, -1), k], dim=2)  # [P, KV, start + T, D]
+                v = torch.cat([prefix[1][i][None].expand(p, -1, -1, -1), v], dim=2)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [P, NH, T, D]
+            x = x + F.linear(att.transpose(1, 2).reshape(p, t, -1), w["o"])
+            x = self._mlp(w, x)
+        last = x[torch.arange(p, device=self.device), lengths - 1]  # [P, H]
+        return F.linear(_rms_norm(last, self.norm, self.eps), self.lm_head).float()  # [P, V]
+
     def snapshot(self, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of the first ``length`` cached positions of ``slot``: ([L, KV, T, D], [L, KV, T, D])."""
         return self.k_cache[:, slot, :, :length].clone(), self.v_cache[:, slot, :, :length].clone()

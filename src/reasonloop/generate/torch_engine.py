@@ -196,38 +196,61 @@ class TorchEngine:
         return self.fast.snapshot(0, length)
 
     def _admit(self, prompts, params, queue, saved, prefix, active, slots, generator, finisher) -> None:
-        """Fill free slots from the queue; sample each new sequence's first token from its prompt logits."""
-        fast, started, first_logits = self.fast, [], []
+        """Fill free slots from the queue; sample each new sequence's first token from its prompt logits.
+
+        A prefill forward costs about as much for one prompt as for sixteen (at small batch it is bound
+        by reading the weights), so while other rows are decoding, prompts are admitted in waves of at
+        least a quarter of the slots and prefilled together.
+        """
+        free = slots - len(active)
+        if not queue or free == 0 or (active and free < max(1, slots // 4)):
+            return
+        fast, placed = self.fast, []  # [prompt index, first sample, slot, count, logits or None]
         while queue and len(active) < slots:
             index, sample = queue.popleft()
-            prompt = prompts[index]
-            slot = len(active)
+            slot, length = len(active), len(prompts[index])
+            take = min(params.n - sample, slots - slot)
+            logits = None
             if index in saved:
                 kv, logits = saved[index]
                 fast.restore(kv, slot)
-            else:
-                if prefix is not None:
-                    fast.restore(prefix, slot)
-                start = 0 if prefix is None else prefix[0].shape[2]
-                logits = fast.prefill(prompt[start:], slot, start)  # [V]
-            take = min(params.n - sample, slots - slot)
-            for j in range(1, take):
-                fast.copy_slot(slot, slot + j, len(prompt))
-            for j in range(take):
-                active.append(_Seq(index, sample + j, pos=len(prompt)))
-                first_logits.append(logits)
-                started.append(active[-1])
-            if sample + take < params.n:  # keep the prompt's KV for its remaining samples
-                saved[index] = (fast.snapshot(slot, len(prompt)), logits)
+            elif prefix is not None:
+                fast.restore(prefix, slot)
+            placed.append([index, sample, slot, take, logits])
+            active.extend(_Seq(index, sample + j, pos=length) for j in range(take))
+            if sample + take < params.n:  # its remaining samples wait for free slots
                 queue.appendleft((index, sample + take))
+        self._prefill(prompts, [p for p in placed if p[4] is None], prefix)
+        started, first_logits = [], []
+        for index, sample, slot, take, logits in placed:
+            length = len(prompts[index])
+            for j in range(1, take):
+                fast.copy_slot(slot, slot + j, length)
+            if sample + take < params.n:
+                saved[index] = (fast.snapshot(slot, length), logits)
             else:
                 saved.pop(index, None)
-        if started:
-            new, logp = sample_tokens(torch.stack(first_logits), params, generator)
-            for seq, tok, lp in zip(started, new.tolist(), logp.tolist()):
-                seq.tokens.append(tok)
-                seq.logprobs.append(lp)
-                finisher.check(seq)
+            started.extend(active[slot:slot + take])
+            first_logits.extend([logits] * take)
+        new, logp = sample_tokens(torch.stack(first_logits), params, generator)
+        for seq, tok, lp in zip(started, new.tolist(), logp.tolist()):
+            seq.tokens.append(tok)
+            seq.logprobs.append(lp)
+            finisher.check(seq)
+
+    def _prefill(self, prompts, placed, prefix, max_tokens: int = 4096) -> None:
+        """Batched prefill of the placed prompts' own tokens (after the shared prefix); sets their logits."""
+        start = 0 if prefix is None else prefix[0].shape[2]
+        chunk: list = []
+        for k, entry in enumerate(placed):
+            chunk.append(entry)
+            longest = max(len(prompts[e[0]]) - start for e in chunk)
+            if k + 1 == len(placed) or longest * (len(chunk) + 1) > max_tokens:
+                logits = self.fast.prefill_batch([prompts[e[0]][start:] for e in chunk],
+                                                 [e[2] for e in chunk], start, prefix)  # [P, V]
+                for e, row in zip(chunk, logits):
+                    e[4] = row
+                chunk = []
 
     def _retire(self, active: list[_Seq], done: list[_Seq], bar) -> list[_Seq]:
         """Move finished sequences out; compact the rest into slots 0..B'-1 (copying their KV down)."""

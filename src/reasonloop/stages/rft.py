@@ -32,6 +32,7 @@ from reasonloop.errors import UserError
 from reasonloop.generate.base import SamplingParams
 from reasonloop.stages.rft_data import (allocate_samples, gold_is_checkable, load_jsonl, read_sample_file,
                                         select_paths, summarise, training_question, write_jsonl_atomic)
+from reasonloop.tasks import train_subset
 from reasonloop.tasks.base import Problem
 from reasonloop.tasks.prompt import gold_response, prompt_text
 
@@ -274,7 +275,7 @@ def run(ctx, cfg, name: str) -> dict:
     from reasonloop.models import load_tokenizer
 
     start = ctx.resolve_model(cfg.init_from)
-    train = ctx.task.train[: cfg.limit] if cfg.limit else ctx.task.train
+    train = train_subset(ctx.task.train, cfg)
     problems, bad_gold = usable_problems(train, ctx.recipe.task, name)
     tok = load_tokenizer(start)
     pooled = pooled_samples(ctx, cfg, name, problems)

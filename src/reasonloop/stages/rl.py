@@ -33,6 +33,7 @@ from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.stages.rl_batch import Rollout, last_token_scores, pack_rollout, policy_stats, row_mask
 from reasonloop.stages.sft_data import shuffled_order
+from reasonloop.tasks import train_subset
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
 from reasonloop.verify.rewards import is_correct
 
@@ -349,7 +350,7 @@ def run(ctx, cfg, name: str) -> dict:
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(next(policy.parameters()).device)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
-    problems = ctx.task.train[: cfg.limit] if cfg.limit else ctx.task.train
+    problems = train_subset(ctx.task.train, cfg)
     curriculum = None
     if cfg.curriculum.scheduler != "none":
         measured = ctx.store.problem_stats("pass_rate") if cfg.curriculum.difficulty == "pass_rate" else None

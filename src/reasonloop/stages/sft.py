@@ -27,6 +27,7 @@ from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.packing import backbone_and_head, pack_sequences, packed_hidden, plan_microbatches
 from reasonloop.stages.sft_data import Example, masked_thought, shuffled_order
+from reasonloop.tasks import train_subset
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def run(ctx, cfg, name: str) -> dict:
     model, tok = load_model(model_ref, dtype=ctx.recipe.model.dtype, lora=ctx.recipe.model.lora,
                             trainable=True)
     task_cfg = ctx.recipe.task
-    train = ctx.task.train[: cfg.limit] if cfg.limit else ctx.task.train
+    train = train_subset(ctx.task.train, cfg)
     pairs = jsonl_pairs(tok, cfg.data_path, task_cfg) if cfg.data == "jsonl" else gold_pairs(tok, train, task_cfg)
     examples = examples_from_pairs(tok, pairs, cfg.max_length)
     ref_model = None

@@ -10,7 +10,7 @@ from reasonloop.tasks.base import Problem
 from reasonloop.tasks.files import read_records
 from reasonloop.tasks.gsm8k import load_gsm8k
 
-__all__ = ["Problem", "TaskData", "load_task", "default_gsm8k_path"]
+__all__ = ["Problem", "TaskData", "load_task", "default_gsm8k_path", "train_subset"]
 
 GSM8K_CANDIDATES = ("../shared/data/gsm8k", "shared/data/gsm8k", "data/gsm8k")
 
@@ -19,6 +19,12 @@ GSM8K_CANDIDATES = ("../shared/data/gsm8k", "shared/data/gsm8k", "data/gsm8k")
 class TaskData:
     train: list[Problem]
     test: list[Problem]
+
+
+def train_subset(problems: list[Problem], cfg) -> list[Problem]:
+    """The training problems a stage uses: ``cfg.skip`` left out, then the first ``cfg.limit`` (all if None)."""
+    end = None if cfg.limit is None else cfg.skip + cfg.limit
+    return problems[cfg.skip:end]
 
 
 def default_gsm8k_path(split: str) -> str:
