@@ -122,3 +122,23 @@ def test_broken_reward_stops_with_message_after_checkpoint(tiny_model_dir, tmp_p
     with pytest.raises(UserError, match=message):
         train_rl(loop, progress=False)
     assert (tmp_path / "ck" / "trainer_state.pt").is_file()
+
+
+def test_update_logprobs_are_the_sampling_logprobs(tiny_model_dir, tmp_path):
+    # On-policy: the packed training forward must score each completion token exactly as the engine
+    # sampled it (same position, same temperature); an off-by-one would train on the wrong tokens.
+    from reasonloop.generate.base import SamplingParams
+    from reasonloop.packing import pack_sequences
+    from reasonloop.stages.rl_batch import policy_stats, row_mask
+
+    loop = make_loop(tiny_model_dir, rl_cfg("grpo"), tmp_path)
+    prompts = [loop._prompt_ids(i) for i in range(4)]
+    outs = loop.engine.generate(prompts, SamplingParams(n=2, temperature=0.7, max_new_tokens=8, seed=3),
+                                progress=False)
+    pairs = [(p, s) for p, group in zip(prompts, outs) for s in group]
+    batch = pack_sequences([p + s.token_ids for p, s in pairs], [len(p) for p, _ in pairs])
+    with torch.no_grad():
+        logp = policy_stats(loop.policy, batch, 0.7)["logp"]  # [S, L]
+    mask = row_mask(batch)
+    for row, (_, sample) in enumerate(pairs):
+        assert torch.allclose(logp[row][mask[row]], torch.tensor(sample.logprobs), atol=1e-4)
