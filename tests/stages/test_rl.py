@@ -142,3 +142,14 @@ def test_update_logprobs_are_the_sampling_logprobs(tiny_model_dir, tmp_path):
     mask = row_mask(batch)
     for row, (_, sample) in enumerate(pairs):
         assert torch.allclose(logp[row][mask[row]], torch.tensor(sample.logprobs), atol=1e-4)
+
+
+def test_flat_groups_take_no_optimizer_step(tiny_model_dir, tmp_path):
+    # Every group's rewards equal -> every advantage is 0: the weights must not move (Adam's momentum
+    # would otherwise keep moving them after the last informative step).
+    loop = make_loop(tiny_model_dir, rl_cfg("grpo", steps=2), tmp_path,
+                     reward_fn=lambda completions, problems: [1.0] * len(completions))
+    before = [p.detach().clone() for p in loop.policy.parameters()]
+    metrics = loop.step()
+    assert metrics["skipped_update"] == 1.0 and metrics["reward_mean"] == 1.0
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, loop.policy.parameters()))

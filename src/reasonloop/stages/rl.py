@@ -258,22 +258,39 @@ class RLLoop:
         metrics: dict[str, float] = {"dropped_groups": float(dropped)}
         # Under torchrun a rank whose groups were all dropped cannot sit out the update's collectives alone.
         if dist.all_reduce_max(float(rollout is None)) == 0:
-            metrics.update(self.update(rollout))
-            self.engine.update_weights(self.policy)
             n = float(len(rollout))
             totals = dist.sum_metrics({"dropped_groups": float(dropped), "samples": n,
                                        "reward_mean": rollout.rewards.sum().item(), "accuracy": float(sum(rollout.correct)),
                                        "response_tokens": float(sum(map(len, rollout.completion_ids)))})
             metrics.update({k: totals[k] / totals["samples"] for k in ("reward_mean", "accuracy", "response_tokens")},
                            dropped_groups=totals["dropped_groups"], samples=totals["samples"])
+            if dist.all_reduce_max(float(self._has_signal(rollout))) > 0:
+                metrics.update(self.update(rollout))
+                self.engine.update_weights(self.policy)
+            else:
+                self._skip_update(metrics)
             self._update_curriculum(rollout)
         else:
-            self.sched.step()  # every group was flat: the step passes with no update
+            self._skip_update(metrics)
         metrics.update(gen_seconds=t_gen, train_seconds=time.time() - t0 - t_gen)
         self.state["step"] += 1
         if self.curriculum is not None:
             metrics.update(self.curriculum.log(self.state["curriculum"]))
         return metrics
+
+    def _has_signal(self, rollout: Rollout) -> bool:
+        """False when no sample has a non-zero advantage: GRPO/RLOO with every group's rewards equal and
+        no KL term. PPO's value baseline always leaves a signal."""
+        cfg = self.cfg
+        if cfg.algorithm == "ppo" or cfg.kl_coef > 0 or cfg.group_size == 1:
+            return True
+        return not bool(zero_variance_groups(rollout.rewards, cfg.group_size).all())
+
+    def _skip_update(self, metrics: dict) -> None:
+        """No optimizer step: with all-zero gradients Adam would still move every weight by its momentum
+        (about lr per weight for several steps), a drift that measurably broke the default model."""
+        self.sched.step()
+        metrics["skipped_update"] = 1.0
 
     def _update_curriculum(self, rollout: Rollout) -> None:
         if self.curriculum is None:
