@@ -288,7 +288,7 @@ class RLLoop:
 
     def _skip_update(self, metrics: dict) -> None:
         """No optimizer step: with all-zero gradients Adam would still move every weight by its momentum
-        (about lr per weight for several steps), a drift that measurably broke the default model."""
+        (about lr per weight for several steps), a drift in the direction of stale, noisy gradients."""
         self.sched.step()
         metrics["skipped_update"] = 1.0
 
