@@ -132,28 +132,7 @@ class LlamaFast:
         gate, up = F.linear(h, w["gate_up"]).chunk(2, dim=-1)  # [B, T, I] each
         return x + F.linear(F.silu(gate) * up, w["down"])
 
-    def prefill(self, ids: list[int], slot: int, start: int = 0) -> torch.Tensor:
-        """Run prompt tokens ``ids`` at positions ``start..`` of ``slot`` (whose first ``start`` positions
-        already hold a shared prefix), writing their K/V; return the last position's logits [V] (fp32)."""
-        t, end = len(ids), start + len(ids)
-        x = self.embed[torch.tensor(ids, device=self.device)][None]  # [1, T, H]
-        cos, sin = self.cos[None, None, start:end], self.sin[None, None, start:end]  # [1, 1, T, D]
-        # Query j (absolute start + j) sees keys 0..start + j: causal over the new tokens, all of the prefix.
-        mask = None if start == 0 else (
-            torch.arange(end, device=self.device)[None] <= torch.arange(start, end, device=self.device)[:, None])
-        for i, w in enumerate(self.layers):
-            q, k, v = self._qkv(w, x, cos, sin)
-            self.k_cache[i, slot, :, start:end] = k[0]
-            self.v_cache[i, slot, :, start:end] = v[0]
-            keys, values = self.k_cache[i, slot:slot + 1, :, :end], self.v_cache[i, slot:slot + 1, :, :end]
-            att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=start == 0,
-                                                 enable_gqa=True)  # [1, NH, T, D]
-            x = x + F.linear(att.transpose(1, 2).reshape(1, t, -1), w["o"])
-            x = self._mlp(w, x)
-        x = _rms_norm(x[:, -1], self.norm, self.eps)  # [1, H]
-        return F.linear(x, self.lm_head)[0].float()  # [V]
-
-    def prefill_batch(self, prompts: list[list[int]], slots: list[int], start: int = 0,
+    def prefill(self, prompts: list[list[int]], slots: list[int], start: int = 0,
                       prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Prefill several prompts in one forward, each into its own slot; their last logits [P, V] (fp32).
 

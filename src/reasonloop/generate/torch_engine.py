@@ -192,7 +192,7 @@ class TorchEngine:
         length = common_prefix_len(prompts)
         if length < 2 or len(prompts) < 2:
             return None
-        self.fast.prefill(prompts[0][:length], 0)
+        self.fast.prefill([prompts[0][:length]], [0])
         return self.fast.snapshot(0, length)
 
     def _admit(self, prompts, params, queue, saved, prefix, active, slots, generator, finisher) -> None:
@@ -246,7 +246,7 @@ class TorchEngine:
             chunk.append(entry)
             longest = max(len(prompts[e[0]]) - start for e in chunk)
             if k + 1 == len(placed) or longest * (len(chunk) + 1) > max_tokens:
-                logits = self.fast.prefill_batch([prompts[e[0]][start:] for e in chunk],
+                logits = self.fast.prefill([prompts[e[0]][start:] for e in chunk],
                                                  [e[2] for e in chunk], start, prefix)  # [P, V]
                 for e, row in zip(chunk, logits):
                     e[4] = row

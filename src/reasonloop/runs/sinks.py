@@ -6,18 +6,24 @@ The run store is always written; `run.report_to` adds sinks. Each sink gets ever
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from reasonloop.errors import UserError
 
 
+def _optional(module: str, sink: str, package: str):
+    """Import an optional sink's library, or tell the user which package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"run.report_to: {sink} needs `pip install {package}`") from None
+
+
 class TensorBoardSink:
     def __init__(self, run_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("run.report_to: tensorboard needs `pip install tensorboard`") from None
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        tensorboard = _optional("torch.utils.tensorboard", "tensorboard", "tensorboard")
+        self.writer = tensorboard.SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, stage: str, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -29,10 +35,7 @@ class TensorBoardSink:
 
 class WandbSink:
     def __init__(self, run_dir: Path):
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("run.report_to: wandb needs `pip install wandb`") from None
+        wandb = _optional("wandb", "wandb", "wandb")
         self.run = wandb.init(project="reasonloop", name=run_dir.name, dir=str(run_dir), resume="allow",
                               id=run_dir.name)
 
@@ -45,11 +48,7 @@ class WandbSink:
 
 class MlflowSink:
     def __init__(self, run_dir: Path):
-        try:
-            import mlflow
-        except ImportError:
-            raise UserError("run.report_to: mlflow needs `pip install mlflow`") from None
-        self.mlflow = mlflow
+        self.mlflow = mlflow = _optional("mlflow", "mlflow", "mlflow")
         mlflow.start_run(run_name=run_dir.name)
 
     def log(self, stage: str, step: int, metrics: dict[str, float]) -> None:
