@@ -34,3 +34,12 @@ def test_mean_interval_t_quantile():
     # sd = 0.1414, t(1) = 12.706, half = 12.706 * 0.1414 / sqrt(2) = 1.2706
     assert mean == pytest.approx(0.3) and hi - mean == pytest.approx(1.2706, abs=1e-3)
     assert mean_interval([0.5]) == (0.5, (0.5, 0.5))
+
+
+def test_mean_interval_clipped_to_bounds():
+    # the same two seeds as above: mean 0.3, half-width 1.2706, so [-0.97, 1.57] unclipped
+    mean, (lo, hi) = mean_interval([0.2, 0.4], bounds=(0.0, 1.0))
+    assert mean == pytest.approx(0.3) and (lo, hi) == (0.0, 1.0)
+    # an interval inside the bounds is untouched: sd 0.01414, half 12.706 * 0.01414 / sqrt(2) = 0.1271
+    mean, (lo, hi) = mean_interval([0.49, 0.51], bounds=(0.0, 1.0))
+    assert (lo, hi) == (pytest.approx(0.5 - 0.1271, abs=1e-4), pytest.approx(0.5 + 0.1271, abs=1e-4))

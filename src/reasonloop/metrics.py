@@ -46,8 +46,12 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """Mean and 95% t-interval over seeds; a single value has a zero-width interval."""
+def mean_interval(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)
+                  ) -> tuple[float, tuple[float, float]]:
+    """Mean and 95% t-interval over seeds; a single value has a zero-width interval.
+
+    ``bounds`` clips the interval to the quantity's range: over 2 seeds the t-interval of a rate
+    (t = 12.7 at 1 degree of freedom) easily runs below 0 or above 1."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
@@ -55,4 +59,4 @@ def mean_interval(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
     half = t * sd / math.sqrt(n)
-    return mean, (mean - half, mean + half)
+    return mean, (max(bounds[0], mean - half), min(bounds[1], mean + half))

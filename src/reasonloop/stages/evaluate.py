@@ -130,8 +130,8 @@ def _sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store,
             store.add_samples(stage, step, _store_rows(judged, prompts, f"seed{seed}"))
     if store is not None:
         store.set_problem_stats(stage, "pass_rate", {pid: sum(v) / len(v) for pid, v in pass_rates.items()})
-    maj_mean, maj_ci = mean_interval(maj)
-    pass_mean, pass_ci = mean_interval(pas)
+    maj_mean, maj_ci = mean_interval(maj, bounds=(0.0, 1.0))
+    pass_mean, pass_ci = mean_interval(pas, bounds=(0.0, 1.0))
     return {"k": k, "samples_per_problem": n, "seeds": cfg.seeds,
             "maj_k": maj_mean, "maj_k_ci95": list(maj_ci), "maj_k_per_seed": maj,
             "pass_k": pass_mean, "pass_k_ci95": list(pass_ci), "pass_k_per_seed": pas,
