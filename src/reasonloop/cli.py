@@ -84,8 +84,8 @@ def _print_table(summary: dict) -> None:
     for s in summary["stages"]:
         ev = s.get("eval") or {}
         top1 = f"{ev['top1']:.3f} [{ev['top1_ci95'][0]:.3f}, {ev['top1_ci95'][1]:.3f}]" if ev else "-"
-        maj = f"{ev['maj_k']:.3f}" if "maj_k" in ev else "-"
-        pas = f"{ev['pass_k']:.3f}" if "pass_k" in ev else "-"
+        maj = f"{ev['maj_k']:.3f}" if ev.get("maj_k") is not None else "-"
+        pas = f"{ev['pass_k']:.3f}" if ev.get("pass_k") is not None else "-"
         tok = f"{ev['mean_tokens']:.0f}" if ev else "-"
         print(f"{s['name']:<12}{s['kind']:<6}{top1:<24}{maj:<9}{pas:<9}{tok:<8}{s['seconds']:>7.0f}s")
 

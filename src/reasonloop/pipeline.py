@@ -104,9 +104,11 @@ def _summary_entries(ctx: RunContext) -> list[dict]:
 
 
 def _eval_brief(result: dict) -> dict:
-    keys = ("top1", "top1_ci95", "n", "maj_k", "maj_k_ci95", "pass_k", "pass_k_ci95", "k", "mean_tokens",
-            "seeds")
-    return {k: result[k] for k in keys if k in result}
+    """The evaluation fields of a summary entry. The documented ones are always there (maj_k is null
+    for a greedy-only evaluation), so readers of summary.json need no key checks."""
+    always = ("top1", "top1_ci95", "n", "maj_k", "mean_tokens")
+    optional = ("maj_k_ci95", "pass_k", "pass_k_ci95", "k", "seeds")
+    return {**{k: result.get(k) for k in always}, **{k: result[k] for k in optional if k in result}}
 
 
 def _ablation(ctx: RunContext, entries: list[dict]) -> dict | None:

@@ -110,7 +110,7 @@ def _table(summary: dict) -> str:
         ev = s.get("eval") or {}
         ci = ev.get("top1_ci95")
         cells = [s["name"], s["kind"], f"{ev['top1']:.3f}" if ev else "", f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "",
-                 f"{ev['maj_k']:.3f}" if "maj_k" in ev else "", f"{ev['pass_k']:.3f}" if "pass_k" in ev else "",
+                 f"{ev['maj_k']:.3f}" if ev.get("maj_k") is not None else "", f"{ev['pass_k']:.3f}" if ev.get("pass_k") is not None else "",
                  f"{ev['mean_tokens']:.0f}" if ev else "", f"{s['seconds']:.0f}"]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
