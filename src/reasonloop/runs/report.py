@@ -109,9 +109,9 @@ def _table(summary: dict) -> str:
     for s in summary.get("stages", []):
         ev = s.get("eval") or {}
         ci = ev.get("top1_ci95")
-        cells = [s["name"], s["kind"], f"{ev['top1']:.3f}" if ev else "", f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "",
-                 f"{ev['maj_k']:.3f}" if ev.get("maj_k") is not None else "", f"{ev['pass_k']:.3f}" if ev.get("pass_k") is not None else "",
-                 f"{ev['mean_tokens']:.0f}" if ev else "", f"{s['seconds']:.0f}"]
+        rate = lambda key: f"{ev[key]:.3f}" if ev.get(key) is not None else ""  # noqa: E731
+        cells = [s["name"], s["kind"], rate("top1"), f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "",
+                 rate("maj_k"), rate("pass_k"), f"{ev['mean_tokens']:.0f}" if ev else "", f"{s['seconds']:.0f}"]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
