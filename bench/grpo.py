@@ -75,8 +75,7 @@ def run_ours(problems, task_cfg, steps: int) -> dict:
     cfg = RlStage(kind="rl", algorithm="grpo", steps=steps, prompts_per_step=PROMPTS, group_size=G,
                   decoding=Decoding(temperature=TEMPERATURE, max_new_tokens=MAX_NEW), kl_coef=0.0,
                   optim=OptimConfig(lr=LR, schedule="constant"), save_every=10_000, seed=SEED)
-    reward_fn = build_reward(cfg.reward, None, task_cfg.extract, task_cfg.numeric_tolerance,
-                             answer_format=task_cfg.answer_format)
+    reward_fn = build_reward(cfg.reward, None, task_cfg)
     engine = make_engine(policy, tok, kind="torch", max_batch=PROMPTS * G, progress=False)
     clock = StepClock()
     loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn, store=clock)
@@ -93,8 +92,7 @@ def run_trl(problems, task_cfg, steps: int) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     policy, tok = load_model("default", dtype="fp32", trainable=True)
-    reward_fn = build_reward(["correct"], None, task_cfg.extract, task_cfg.numeric_tolerance,
-                             answer_format=task_cfg.answer_format)
+    reward_fn = build_reward(["correct"], None, task_cfg)
     texts = [prompt_text(tok, p.question, task_cfg.prompt, task_cfg.answer_format) for p in problems]
     # TRL tokenizes plain-text prompts itself; they must be the very ids reasonloop samples from.
     if [tok(t)["input_ids"] for t in texts] != [encode_prompt(tok, t) for t in texts]:

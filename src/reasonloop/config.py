@@ -95,8 +95,12 @@ class TaskConfig(Strict):
     extract: list[Literal["hash", "answer_line", "boxed", "last_number"]] = [
         "answer_line", "hash", "boxed", "last_number"]
     """Answer extraction strategies, tried in order."""
-    numeric_tolerance: float = 1e-4
-    """Relative tolerance when comparing numeric answers."""
+    numeric_tolerance: float = Field(1e-4, ge=0)
+    """Largest accepted difference between a numeric answer and a non-integer gold answer, absolute
+    (`|pred - gold| <= tol`) unless `tolerance_mode: relative` (`<= tol * |gold|`). Integer gold answers
+    (`1000`, `1,000`, `1000.0`, `$1000`) are always matched exactly."""
+    tolerance_mode: Literal["absolute", "relative"] = "absolute"
+    """How `numeric_tolerance` is applied to non-integer gold answers."""
     prompt: PromptConfig = PromptConfig()
     """How questions are turned into chat prompts."""
 

@@ -85,13 +85,36 @@ def test_reward_rises(tiny_model_dir, tmp_path, algorithm):
         assert store.metrics("rl", "value_loss")
 
 
-def test_grpo_with_kl_and_dynamic_sampling_logs_drops(tiny_model_dir, tmp_path):
+def half_flat_reward(completions, problems):
+    """Problems with an even answer: every sample scores 1 (a flat group, no GRPO signal); odd answers:
+    samples alternate 0, 1 within their group (G = 4), so the group mean is 0.5."""
+    return [1.0 if int(p.answer) % 2 == 0 else float(i % 2) for i, p in enumerate(problems)]
+
+
+def test_grpo_metrics_count_every_sampled_group_under_dynamic_sampling(tiny_model_dir, tmp_path):
+    """Reward and accuracy are logged over every rollout, flat groups included (dropping them first
+    biased the logged reward towards 0.5), and the curriculum is fed every group too."""
     store = RunStore(tmp_path / "s.sqlite")
-    cfg = rl_cfg("grpo", steps=3, kl_coef=0.1, dynamic_sampling=True, max_tries=2)
-    loop = make_loop(tiny_model_dir, cfg, tmp_path, store,
-                     reward_fn=lambda c, p: [float(i % 3 == 0) for i in range(len(c))], ref=True)
+    cfg = rl_cfg("grpo", steps=3, kl_coef=0.1, dynamic_sampling=True, max_tries=2,
+                 curriculum={"scheduler": "adarft", "step_size": 0.0})
+    loop = make_loop(tiny_model_dir, cfg, tmp_path, store, reward_fn=half_flat_reward, ref=True)
+    from reasonloop.curriculum import make_curriculum
+
+    # step_size 0: the target stays on the easiest problems, so the picks repeat and groups are flat often
+    loop.curriculum = make_curriculum(cfg.curriculum, [i / 15 for i in range(16)], cfg.steps, stage_kind="rl")
+    loop.state["curriculum"] = loop.curriculum.init_state()
     train_rl(loop, progress=False)
-    assert store.metrics("rl", "kl") and store.metrics("rl", "dropped_groups")
+    m = {key: [v for _, v in store.metrics("rl", key)] for key in
+         ("reward_mean", "flat_share", "dropped_groups", "samples", "trained_samples", "kl",
+          "curriculum/batch_reward")}
+    assert m["kl"] and sum(m["dropped_groups"]) > 0 and len(m["reward_mean"]) == len(m["flat_share"]) == 3
+    for reward, flat, dropped, sampled, trained in zip(m["reward_mean"], m["flat_share"], m["dropped_groups"],
+                                                       m["samples"], m["trained_samples"]):
+        assert reward == pytest.approx(0.5 + 0.5 * flat)  # flat groups score 1, mixed ones 0.5
+        assert dropped == pytest.approx(flat * sampled / 4) and trained <= 16
+    # Every step sampled at least one flat group (8 of the 16 problems give one), and the curriculum's
+    # batch reward (mean over the problems it saw) counts them: it is above the mixed groups' 0.5.
+    assert all(f > 0 for f in m["flat_share"]) and all(r > 0.5 for r in m["curriculum/batch_reward"])
 
 
 def test_resume_matches_uninterrupted(tiny_model_dir, tmp_path):

@@ -4,7 +4,8 @@ import pytest
 
 from reasonloop.errors import UserError
 from reasonloop.tasks.base import Problem
-from reasonloop.verify.equiv import answers_match, gym_score, looks_mathematical, numbers_close, parse_number
+from reasonloop.verify.equiv import (answers_match, canonical_answer, gym_score, looks_mathematical, numbers_match,
+                                     parse_number)
 
 
 @pytest.mark.parametrize("text,value", [
@@ -21,14 +22,28 @@ def test_not_a_plain_number(text):
     assert parse_number(text) is None
 
 
-def test_relative_tolerance():
-    assert numbers_close(1000.0, 1000.09, 1e-4)
-    assert not numbers_close(1000.0, 1000.2, 1e-4)
-    assert numbers_close(0.0, -0.0, 1e-4)
-    assert not numbers_close(0.0, 1e-9, 1e-4)
-    assert answers_match("1000.09", "1000")
-    assert not answers_match("1000.2", "1000")
-    assert answers_match("1000.2", "1000", rel_tol=1e-3)
+def test_numbers_match_integer_gold_exactly():
+    assert numbers_match(1000.0, 1000.0) and numbers_match(-0.0, 0.0)
+    assert not numbers_match(1000.09, 1000.0) and not numbers_match(990.0, 1000.0, 0.01, relative=True)
+    assert not numbers_match(1e-9, 0.0)
+
+
+def test_numbers_match_tolerance_for_decimal_gold():
+    assert numbers_match(0.3334, 1 / 3) and not numbers_match(0.333, 1 / 3)  # absolute 1e-4
+    assert numbers_match(2.51, 2.5, 0.01) and not numbers_match(2.52, 2.5, 0.01)
+    assert numbers_match(2.52, 2.5, 0.01, relative=True)  # 0.02 <= 0.01 * 2.5
+    assert not answers_match("1000.09", "1000") and answers_match("1000.0", "1000")
+    assert answers_match("0.33333", "1/3") and not answers_match("1000.2", "1000", 1e-3, relative=True)
+
+
+def test_canonical_answer_is_the_value_correctness_reads():
+    same = ["18", "18.0", "$18", "18 dollars", "18 apples", "x = 18", "18.000000001"]
+    assert len({canonical_answer(a) for a in same}) == 1
+    assert canonical_answer("-0") == canonical_answer("0") and canonical_answer(None) is None
+    assert canonical_answer("7,2") != canonical_answer("72")  # not a thousands group: not the number 72
+    assert canonical_answer("1,000") == canonical_answer("1000")
+    assert canonical_answer("Yes ") == canonical_answer("yes") != canonical_answer("no")
+    assert canonical_answer("3/4") == canonical_answer("0.75")
 
 
 def test_numeric_forms_match():

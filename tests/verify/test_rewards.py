@@ -5,35 +5,80 @@ import torch
 
 from reasonloop.errors import UserError
 from reasonloop.tasks.base import Problem
-from reasonloop.verify.rewards import build_reward, check_rewards, is_correct, load_reward
+from reasonloop.config import TaskConfig
+from reasonloop.verify import is_correct
+from reasonloop.verify.rewards import build_reward, check_rewards, load_reward
 
 P = Problem(id="p0", question="2+3?", answer="5")
 
 
+def _task(**kw) -> TaskConfig:
+    return TaskConfig(**kw)
+
+
 def test_is_correct():
     assert is_correct("2+3 = 5\nAnswer: 5", P)
+    assert is_correct("Answer: 5", "5") and not is_correct("Answer: 6", "5")  # gold as text
     assert not is_correct("Answer: 6", P)
     assert not is_correct("no idea", P)
     # Strategy order matters: the answer line says 6, the last number is 5.
-    assert not is_correct("Answer: 6\nor 5", P, extract=["answer_line", "last_number"])
-    assert is_correct("Answer: 6\nor 5", P, extract=["last_number"])
-    assert is_correct("Answer: 5.0004", P, rel_tol=1e-4)
-    assert not is_correct("Answer: 5.001", P, rel_tol=1e-4)
+    assert not is_correct("Answer: 6\nor 5", P, _task(extract=["answer_line", "last_number"]))
+    assert is_correct("Answer: 6\nor 5", P, _task(extract=["last_number"]))
+
+
+def test_integer_gold_matches_exactly_whatever_the_tolerance():
+    gold = Problem(id="g", question="?", answer="1000")
+    loose = _task(numeric_tolerance=0.01, tolerance_mode="relative")  # gsm8k-reft's old setting
+    assert not is_correct("#### 990", gold, loose) and not is_correct("Answer: 1001", gold, loose)
+    assert not is_correct("Answer: 9999", "10000")  # the old default 1e-4 relative accepted this
+    for same in ("Answer: 1,000", "Answer: 1000.0", "Answer: $1000", "Answer: 1000 dollars"):
+        assert is_correct(same, gold, loose), same
+
+
+def test_tolerance_is_absolute_unless_relative():
+    gold = Problem(id="g", question="?", answer="2.5")
+    assert is_correct("Answer: 2.509", gold, _task(numeric_tolerance=0.01))
+    assert not is_correct("Answer: 2.52", gold, _task(numeric_tolerance=0.01))
+    # relative: 0.01 * 2.5 = 0.025
+    assert is_correct("Answer: 2.52", gold, _task(numeric_tolerance=0.01, tolerance_mode="relative"))
+    assert not is_correct("Answer: 2.53", gold, _task(numeric_tolerance=0.01, tolerance_mode="relative"))
+    assert is_correct("Answer: 2.50004", gold) and not is_correct("Answer: 2.5002", gold)  # default 1e-4
 
 
 def test_correct_partial_format_values():
     completions = ["Answer: 5", "Answer: 7", "I give up", "it is 5"]
     problems = [P] * 4
-    assert build_reward(["correct"], extract=["answer_line"])(completions, problems) == [1.0, 0.0, 0.0, 0.0]
-    assert build_reward(["partial"], extract=["answer_line"])(completions, problems) == [1.0, 0.1, 0.0, 0.0]
+    line_only = _task(extract=["answer_line"])
+    assert build_reward(["correct"], task=line_only)(completions, problems) == [1.0, 0.0, 0.0, 0.0]
+    assert build_reward(["partial"], task=line_only)(completions, problems) == [1.0, 0.1, 0.0, 0.0]
+    # last_number finds the right 5 in "it is 5": correct, so 1.0; but it never earns the 0.1 for format.
     assert build_reward(["partial"])(completions, problems) == [1.0, 0.1, 0.0, 1.0]
     assert build_reward(["format"])(completions, problems) == [1.0, 1.0, 0.0, 0.0]
-    hashed = build_reward(["format"], answer_format="hash")
+    hashed = build_reward(["format"], task=_task(answer_format="hash"))
     assert hashed(["#### 5", "Answer: 5"], [P, P]) == [1.0, 0.0]
 
 
+def test_partial_reward_is_zero_without_the_asked_answer_line():
+    """ReFT: 0 when the answer line is missing, even when a fallback extractor finds some number."""
+    reft = _task(answer_format="hash", extract=["hash", "last_number"])
+    reward = build_reward(["partial"], task=reft)
+    assert reward(["#### 4", "so it is 4 apples", "#### 5", "no digits"], [P] * 4) == [0.1, 0.0, 1.0, 0.0]
+
+
+def test_built_in_rewards_reuse_given_verdicts():
+    """RL judges once: breakdown scores the verdicts it is given instead of judging again."""
+    from reasonloop.verify.judge import Verdict
+
+    reward = build_reward(["correct", "partial"])
+    verdicts = [Verdict(answer="x", correct=True, formatted=True), Verdict(answer=None, correct=False,
+                                                                          formatted=False)]
+    # The texts say otherwise; the verdicts win, so nothing was re-judged.
+    total, parts = reward.breakdown(["Answer: 6", "Answer: 5"], [P, P], verdicts)
+    assert parts == {"correct": [1.0, 0.0], "partial": [1.0, 0.0]} and total == [2.0, 0.0]
+
+
 def test_weighted_sum_and_breakdown():
-    reward = build_reward(["correct", "format"], weights=[1.0, 0.5], extract=["answer_line"])
+    reward = build_reward(["correct", "format"], weights=[1.0, 0.5], task=_task(extract=["answer_line"]))
     completions = ["Answer: 5", "Answer: 4", "5"]
     total, parts = reward.breakdown(completions, [P] * 3)
     assert total == [1.5, 0.5, 0.0]

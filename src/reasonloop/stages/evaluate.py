@@ -13,21 +13,9 @@ from reasonloop.generate.base import SamplingParams
 from reasonloop.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
 from reasonloop.tasks.base import Problem
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
-from reasonloop.verify.equiv import answers_match
-from reasonloop.verify.extract import extract_answer
-from reasonloop.verify.rewards import is_correct
+from reasonloop.verify.judge import canonical_answer, judge
 
 log = logging.getLogger(__name__)
-
-
-def vote_key(answer: str | None):
-    """Answers that are the same number vote together (`72`, `72.0`, `72.00`)."""
-    if answer is None:
-        return None
-    try:
-        return round(float(answer.replace(",", "")), 6)
-    except ValueError:
-        return answer.strip().lower()
 
 
 @dataclasses.dataclass
@@ -41,35 +29,27 @@ class Judged:
 
 def sample_and_judge(engine, tokenizer, problems: list[Problem], task_cfg, params: SamplingParams,
                      progress: bool = True, prompts: list[str] | None = None) -> list[Judged]:
-    """Generate `params.n` completions per problem and check each against the gold answer."""
+    """Generate `params.n` completions per problem and judge each once against the gold answer."""
     prompts = prompts or [prompt_text(tokenizer, p.question, task_cfg.prompt, task_cfg.answer_format)
                           for p in problems]
     outputs = engine.generate([encode_prompt(tokenizer, t) for t in prompts], params, progress=progress)
+    flat_texts = [s.text for samples in outputs for s in samples]
+    flat_problems = [p for p, samples in zip(problems, outputs) for _ in samples]
+    verdicts = iter(judge(flat_texts, flat_problems, task_cfg))  # one call: programs run in parallel
     judged = []
-    program_answers = _program_answers(problems, outputs) if task_cfg.answer_format == "program" else None
-    for i, (problem, samples) in enumerate(zip(problems, outputs)):
-        texts = [s.text for s in samples]
-        if program_answers is not None:  # program-of-thought: the answer is what the program prints
-            answers = program_answers[i]
-            correct = [answers_match(a, problem.answer, task_cfg.numeric_tolerance) for a in answers]
-        else:
-            answers = [extract_answer(t, task_cfg.extract) for t in texts]
-            correct = [is_correct(t, problem, task_cfg.extract, task_cfg.numeric_tolerance) for t in texts]
-        judged.append(Judged(problem=problem, texts=texts, tokens=[len(s.token_ids) for s in samples],
-                             answers=answers, correct=correct))
+    for problem, samples in zip(problems, outputs):
+        mine = [next(verdicts) for _ in samples]
+        judged.append(Judged(problem=problem, texts=[s.text for s in samples],
+                             tokens=[len(s.token_ids) for s in samples], answers=[v.answer for v in mine],
+                             correct=[v.correct for v in mine]))
     return judged
 
 
-def _program_answers(problems, outputs) -> list[list[str | None]]:
-    """Run every sampled program in the sandbox at once (in parallel), grouped back per problem."""
-    from reasonloop.verify.pot import pot_answers
-
-    flat = pot_answers([s.text for samples in outputs for s in samples])
-    out, i = [], 0
-    for samples in outputs:
-        out.append(flat[i:i + len(samples)])
-        i += len(samples)
-    return out
+def majority_is_correct(answers: list[str | None], correct: list[bool]) -> bool:
+    """maj@k for one problem: is the most voted answer right? Votes group by `canonical_answer`, the
+    value correctness reads (``18``, ``18 dollars`` and ``$18`` are one vote); no answer casts no vote."""
+    winner = majority_vote([canonical_answer(a) for a in answers])
+    return winner is not None and any(ok and canonical_answer(a) == winner for a, ok in zip(answers, correct))
 
 
 def _store_rows(judged: list[Judged], prompts: list[str], tag: str) -> list[dict]:
@@ -120,9 +100,7 @@ def _sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store,
         judged = sample_and_judge(engine, tokenizer, problems, task_cfg, params, progress, prompts)
         maj_hits = 0
         for j in judged:
-            winner = majority_vote([vote_key(a) for a in j.answers[:k]])
-            maj_hits += any(ok and vote_key(a) == winner for a, ok in zip(j.answers[:k], j.correct[:k])) \
-                if winner is not None else 0
+            maj_hits += majority_is_correct(j.answers[:k], j.correct[:k])
             pass_rates[j.problem.id].append(sum(j.correct) / n)
         maj.append(maj_hits / len(judged))
         pas.append(sum(pass_at_k(n, sum(j.correct), k) for j in judged) / len(judged))

@@ -31,7 +31,7 @@ from reasonloop.tasks.files import read_jsonl
 from reasonloop.tasks.prompt import answer_line
 from reasonloop.verify.equations import equations_are_correct, extract_equations
 from reasonloop.verify.equiv import answers_match, is_gym
-from reasonloop.verify.rewards import is_correct
+from reasonloop.verify.judge import is_correct, judge
 
 def gold_is_checkable(problem: Problem, task_cfg) -> bool:
     """Can the task's verifier recognise the gold answer itself?
@@ -46,7 +46,7 @@ def gold_is_checkable(problem: Problem, task_cfg) -> bool:
         return False  # every extraction strategy reads one line: the gold could never be matched
     completion = answer_line(problem.answer.strip(), task_cfg.answer_format)
     try:
-        return is_correct(completion, problem, task_cfg.extract, task_cfg.numeric_tolerance)
+        return is_correct(completion, problem, task_cfg)
     except UserError:
         if is_gym(problem):
             return False  # a gym problem without its entry cannot be scored
@@ -184,16 +184,15 @@ def read_sample_file(path: str, problems: dict[str, Problem], task_cfg) -> list[
         if rec.get("gold") is not None and not answers_match(str(rec["gold"]), problem.answer):
             raise UserError(f"{where}: problem {pid!r} has gold answer {rec['gold']!r} in this file but "
                             f"{problem.answer!r} in this task; the samples come from another task")
-        text = str(rec["completion"])
-        rows.append({"problem_id": pid, "completion": text, "source": "pool", "origin": str(path),
-                     "correct": is_correct(text, problem, task_cfg.extract, task_cfg.numeric_tolerance),
-                     "tokens": rec.get("tokens")})
+        rows.append({"problem_id": pid, "completion": str(rec["completion"]), "source": "pool",
+                     "origin": str(path), "tokens": rec.get("tokens")})
     if unknown:
         raise UserError(f"{path}: {len(unknown)} of {total} samples name problems that are not in this "
                         f"task's training set (first: {unknown[0]!r}); the file was sampled on another task")
     if not total:
         raise UserError(f"{path}: no samples")
-    return rows
+    verdicts = judge([r["completion"] for r in rows], [problems[r["problem_id"]] for r in rows], task_cfg)
+    return [{**r, "correct": v.correct} for r, v in zip(rows, verdicts)]
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:

@@ -35,7 +35,7 @@ from reasonloop.stages.rl_batch import Rollout, last_token_scores, pack_rollout,
 from reasonloop.stages.sft_data import shuffled_order
 from reasonloop.tasks import train_subset
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
-from reasonloop.verify.rewards import is_correct
+from reasonloop.verify.judge import judge
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +86,18 @@ class RLLoop:
         rows = [(i, p, s) for i, p, group in zip(indices, prompts, outs) for s in group]
         problems = [self.problems[i] for i, _, _ in rows]
         texts = [s.text for _, _, s in rows]
-        rewards = self._rewards(texts, problems)
-        correct = [is_correct(t, p, self.task_cfg.extract, self.task_cfg.numeric_tolerance)
-                   for t, p in zip(texts, problems)]
+        verdicts = judge(texts, problems, self.task_cfg)  # once: rewards and accuracy share it
+        rewards = self._rewards(texts, problems, verdicts)
+        correct = [v.correct for v in verdicts]
         return Rollout(problems, [i for i, _, _ in rows], [p for _, p, _ in rows], [s.token_ids for _, _, s in rows],
                        texts, [s.finish_reason for _, _, s in rows], torch.tensor(rewards, dtype=torch.float32),
                        correct)
 
-    def _rewards(self, texts, problems) -> list[float]:
+    def _rewards(self, texts, problems, verdicts) -> list[float]:
         """A reward function that raises or returns NaN stops the stage, after a checkpoint."""
         try:
+            if hasattr(self.reward_fn, "breakdown"):  # built-in rewards reuse the verdicts
+                return self.reward_fn.breakdown(texts, problems, verdicts)[0]
             return self.reward_fn(texts, problems)
         except Exception as err:  # user code: anything can come out of it
             self.save()
@@ -103,29 +105,33 @@ class RLLoop:
             raise UserError(f"{self.stage}: {why} (checkpoint saved at step {self.state['step']}; "
                             "fix the reward and run the same command to resume)") from None
 
-    def collect(self) -> tuple[Rollout | None, int]:
-        """Rollouts for this step; with dynamic sampling, groups with equal rewards are replaced."""
+    def collect(self) -> tuple[Rollout | None, Rollout | None]:
+        """This step's rollouts: (those the update trains on, every rollout sampled).
+
+        With dynamic sampling, groups whose rewards are all equal are dropped from the first and replaced
+        by more sampling; the second keeps them, so metrics and the curriculum see every group.
+        """
         cfg, G = self.cfg, self.cfg.group_size
         want = max(1, cfg.prompts_per_step // dist.world_size())
-        parts, dropped = [], 0
+        kept, sampled = [], []
         tries = 1 + (cfg.max_tries if cfg.dynamic_sampling else 0)
         for attempt in range(tries):
             # The rank furthest from its share decides: every rank picks (and advances the cursor) alike.
-            need = int(dist.all_reduce_max(want - sum(len(p) for p in parts) // G))
+            need = int(dist.all_reduce_max(want - sum(len(p) for p in kept) // G))
             if need <= 0:
                 break
             picked = self._pick(need * dist.world_size(), attempt)[dist.rank()::dist.world_size()]
             ro = self._sample(picked, attempt)
+            sampled.append(ro)
             if cfg.dynamic_sampling and G > 1:
                 flat = zero_variance_groups(ro.rewards, G)
-                dropped += int(flat.sum())
-                keep = [r for r in range(len(ro)) if not flat[r // G]]
-                ro = ro.select(keep)
-            parts.append(ro)
-        rollout = Rollout.concat(parts) if parts else None
+                ro = ro.select([r for r in range(len(ro)) if not flat[r // G]])
+            kept.append(ro)
+        rollout = Rollout.concat(kept) if kept else None
         if rollout is not None and len(rollout) > want * G:
             rollout = rollout.select(list(range(want * G)))
-        return (rollout if rollout is not None and len(rollout) else None), dropped
+        everything = Rollout.concat(sampled) if sampled else None
+        return (rollout if rollout is not None and len(rollout) else None), everything
 
     # ------------------------------------------------------------------ update
     def _no_grad_stats(self, model, rollout, chunks, values=False, disable_adapter=False):
@@ -253,35 +259,52 @@ class RLLoop:
         """One rollout-and-update step; returns its metrics."""
         t0 = time.time()
         self.policy.eval()
-        rollout, dropped = self.collect()
+        rollout, sampled = self.collect()
         t_gen = time.time() - t0
-        metrics: dict[str, float] = {"dropped_groups": float(dropped)}
+        metrics = self._rollout_metrics(rollout, sampled)
         # Under torchrun a rank whose groups were all dropped cannot sit out the update's collectives alone.
-        if dist.all_reduce_max(float(rollout is None)) == 0:
-            n = float(len(rollout))
-            totals = dist.sum_metrics({"dropped_groups": float(dropped), "samples": n,
-                                       "reward_mean": rollout.rewards.sum().item(), "accuracy": float(sum(rollout.correct)),
-                                       "response_tokens": float(sum(map(len, rollout.completion_ids)))})
-            metrics.update({k: totals[k] / totals["samples"] for k in ("reward_mean", "accuracy", "response_tokens")},
-                           dropped_groups=totals["dropped_groups"], samples=totals["samples"])
-            if dist.all_reduce_max(float(self._has_signal(rollout))) > 0:
-                metrics.update(self.update(rollout))
-                self.engine.update_weights(self.policy)
-            else:
-                self._skip_update(metrics)
-            self._update_curriculum(rollout)
+        if dist.all_reduce_max(float(rollout is None)) == 0 and \
+                dist.all_reduce_max(float(self._has_signal(rollout))) > 0:
+            metrics.update(self.update(rollout))
+            self.engine.update_weights(self.policy)
         else:
             self._skip_update(metrics)
+        self._update_curriculum(sampled)
         metrics.update(gen_seconds=t_gen, train_seconds=time.time() - t0 - t_gen)
         self.state["step"] += 1
         if self.curriculum is not None:
             metrics.update(self.curriculum.log(self.state["curriculum"]))
         return metrics
 
-    def _has_signal(self, rollout: Rollout) -> bool:
+    def _rollout_metrics(self, rollout: Rollout | None, sampled: Rollout | None) -> dict[str, float]:
+        """Reward and accuracy over every sampled rollout (flat groups included: dropping them first
+        would bias the mean towards 0.5), the share of groups whose rewards are all equal (no GRPO/RLOO
+        signal), and how many samples the update trained on."""
+        G = self.cfg.group_size
+        n = float(len(sampled)) if sampled is not None else 0.0
+        flat = float(zero_variance_groups(sampled.rewards, G).sum()) if sampled is not None and G > 1 else 0.0
+        totals = dist.sum_metrics({
+            "sampled": n, "groups": n / G, "flat_groups": flat,
+            "trained": float(len(rollout)) if rollout is not None else 0.0,
+            "reward": sampled.rewards.sum().item() if n else 0.0,
+            "correct": float(sum(sampled.correct)) if n else 0.0,
+            "tokens": float(sum(map(len, sampled.completion_ids))) if n else 0.0})
+        out = {"samples": totals["sampled"], "trained_samples": totals["trained"],
+               "flat_groups": totals["flat_groups"],
+               "flat_share": totals["flat_groups"] / max(totals["groups"], 1.0),
+               "dropped_groups": (totals["sampled"] - totals["trained"]) / G if self.cfg.dynamic_sampling else 0.0}
+        if totals["sampled"]:
+            out.update(reward_mean=totals["reward"] / totals["sampled"],
+                       accuracy=totals["correct"] / totals["sampled"],
+                       response_tokens=totals["tokens"] / totals["sampled"])
+        return out
+
+    def _has_signal(self, rollout: Rollout | None) -> bool:
         """False when no sample has a non-zero advantage: GRPO/RLOO with every group's rewards equal and
         no KL term. PPO's value baseline always leaves a signal."""
         cfg = self.cfg
+        if rollout is None:
+            return False
         if cfg.algorithm == "ppo" or cfg.kl_coef > 0 or cfg.group_size == 1:
             return True
         return not bool(zero_variance_groups(rollout.rewards, cfg.group_size).all())
@@ -292,14 +315,17 @@ class RLLoop:
         self.sched.step()
         metrics["skipped_update"] = 1.0
 
-    def _update_curriculum(self, rollout: Rollout) -> None:
+    def _update_curriculum(self, rollout: Rollout | None) -> None:
+        """Every sampled group, flat ones included: the easy and the hopeless problems are what a
+        curriculum most needs to see."""
         if self.curriculum is None:
             return
         from reasonloop.curriculum import BatchStats
 
         G = self.cfg.group_size
         per_problem: dict[int, list[float]] = {}
-        for part in dist.all_gather_object((rollout.indices, rollout.rewards.tolist())):  # every rank's groups
+        mine = (rollout.indices, rollout.rewards.tolist()) if rollout is not None else ([], [])
+        for part in dist.all_gather_object(mine):  # every rank's groups
             for i, r in zip(*part):
                 per_problem.setdefault(i, []).append(r)
         idx = list(per_problem)
@@ -375,8 +401,7 @@ def run(ctx, cfg, name: str) -> dict:
         has_levels = bool(task_cfg.gym and task_cfg.gym.levels)
         curriculum = make_curriculum(cfg.curriculum, diffs, cfg.steps, stage_kind="rl", has_levels=has_levels,
                                      where=f"stages[{index}].curriculum")
-    reward_fn = build_reward(cfg.reward, cfg.reward_weights, task_cfg.extract, task_cfg.numeric_tolerance,
-                             answer_format=task_cfg.answer_format, where=f"stages[{index}].reward")
+    reward_fn = build_reward(cfg.reward, cfg.reward_weights, task_cfg, where=f"stages[{index}].reward")
     engine = make_engine(policy, tok, kind=recipe.run.engine, max_batch=cfg.prompts_per_step * cfg.group_size,
                          progress=False)
     loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn,

@@ -2,8 +2,9 @@
 
 `answers_match` is called for every sample, so it tries the cheap checks first:
 
-1. both sides parse as plain numbers -> relative tolerance (``3/4``, ``$1,000``, ``-0``, ``25%``,
-   ``18 dollars``, ``x = 5`` all parse);
+1. both sides parse as plain numbers (``3/4``, ``$1,000``, ``-0``, ``25%``, ``18 dollars``, ``x = 5``
+   all parse) -> `numbers_match`: an integer gold answer must be matched exactly, any other within a
+   tolerance that is absolute unless the task says ``tolerance_mode: relative``;
 2. normalised string equality (case, spaces, a trailing period);
 3. math-verify (Hugging Face) for LaTeX and symbolic answers (``\\frac{1}{\\sqrt{2}}`` vs
    ``\\frac{\\sqrt{2}}{2}``), with parses cached and a timeout when the caller is on the main thread;
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from functools import lru_cache
@@ -61,9 +63,19 @@ def _parse_number_cached(text: str) -> float | None:
     return parse_number(text)
 
 
-def numbers_close(a: float, b: float, rel_tol: float) -> bool:
-    """Equal within a relative tolerance of the larger magnitude (exact when one side is 0)."""
-    return a == b or abs(a - b) <= rel_tol * max(abs(a), abs(b))
+def numbers_match(pred: float, gold: float, tolerance: float = 1e-4, relative: bool = False) -> bool:
+    """Is the predicted number the gold one?
+
+    An integer gold value (``1000``, ``1,000``, ``1000.0``) is matched exactly: a tolerance exists for
+    rounded decimals, and off-by-one integers must never pass (a relative 1e-2 accepted 990 for 1000).
+    Other gold values accept ``|pred - gold| <= tolerance``, or ``<= tolerance * |gold|`` when
+    ``relative`` (ReFT's own checker is absolute: ``abs(pred - gold) <= 1e-2``).
+    """
+    if pred == gold:
+        return True
+    if math.isfinite(gold) and gold == int(gold):
+        return False
+    return abs(pred - gold) <= (tolerance * abs(gold) if relative else tolerance)
 
 
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
@@ -115,16 +127,36 @@ def math_verify_match(pred: str, gold: str) -> bool:
     return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=_mv_timeout()))
 
 
-def answers_match(pred: str | None, gold: str, rel_tol: float = 1e-4) -> bool:
-    """True when the predicted answer equals the gold one (numeric, textual or symbolic)."""
+def answers_match(pred: str | None, gold: str, tolerance: float = 1e-4, relative: bool = False) -> bool:
+    """True when the predicted answer equals the gold one (numeric, textual or symbolic).
+
+    Numbers are compared by `numbers_match` with ``tolerance`` / ``relative``.
+    """
     if pred is None:
         return False
     pred_value, gold_value = parse_number(pred), _parse_number_cached(gold)
     if pred_value is not None and gold_value is not None:
-        return numbers_close(pred_value, gold_value, rel_tol)
+        return numbers_match(pred_value, gold_value, tolerance, relative)
     if _normalise(pred) == _normalise(gold):
         return True
     return looks_mathematical(pred) and looks_mathematical(gold) and math_verify_match(pred, gold)
+
+
+def canonical_answer(answer: str | None):
+    """What maj@k votes on: answers that `answers_match` reads as the same value share one key.
+
+    A plain number (``18``, ``18.0``, ``$18``, ``18 dollars``) is its value, rounded to 9 significant
+    digits so that float noise does not split votes; anything else is its normalised text. None stays None.
+    """
+    if answer is None:
+        return None
+    value = parse_number(answer)
+    if value is None:
+        return _normalise(answer)
+    if not math.isfinite(value):
+        return str(value)
+    value = float(f"{value:.9g}") + 0.0  # + 0.0: -0.0 and 0.0 are one vote
+    return int(value) if value == int(value) else value
 
 
 # --------------------------------------------------------------------------- reasoning-gym

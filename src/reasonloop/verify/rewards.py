@@ -4,13 +4,16 @@ Built-ins, chosen by name in a recipe's ``reward`` list:
 
 - ``correct``: 1 when the extracted answer is right, else 0.
 - ``partial``: ReFT's shaping ("ReFT: Reasoning with Reinforced Fine-Tuning", Luong et al. 2024):
-  1 correct, 0.1 an answer could be extracted but is wrong, 0 no answer.
-- ``format``: 1 when the completion holds an answer in the requested format (``Answer:`` line,
+  1 correct, 0.1 wrong but given in the task's answer format, 0 no answer in that format (a number
+  found only by a fallback extractor such as ``last_number`` earns nothing).
+- ``format``: 1 when the completion holds an answer in the task's format (``Answer:`` line,
   ``#### N`` or ``\\boxed{}``), whatever its value.
 
+The built-ins score the one `reasonloop.verify.judge` verdict per completion (for program-of-thought,
+the program's printed result); reasoning-gym problems are judged by the dataset's ``score_answer``.
+
 Any other entry ``package.module:function`` is imported and called as ``function(completions,
-problems)``. Several rewards are summed with weights. Problems whose ``source`` starts with
-``gym:`` are judged by reasoning-gym's own ``score_answer`` (full score = correct).
+problems)``. Several rewards are summed with weights.
 """
 
 from __future__ import annotations
@@ -23,72 +26,52 @@ from numbers import Real
 
 from reasonloop.errors import UserError
 from reasonloop.tasks.base import Problem
-from reasonloop.verify.equiv import answers_match, gym_score, is_gym
-from reasonloop.verify.extract import DEFAULT_STRATEGIES, STRATEGIES, extract_answer
+from reasonloop.verify.judge import Verdict, judge
 
 RewardFn = Callable[[list[str], list[Problem]], list[float]]
 
 PARTIAL_WRONG = 0.1
-"""ReFT's reward for an extracted but wrong answer."""
+"""ReFT's reward for an answer in the asked format that is wrong."""
 
 
-def is_correct(completion: str, problem: Problem, extract: Sequence[str] = DEFAULT_STRATEGIES,
-               rel_tol: float = 1e-4) -> bool:
-    """Does the completion's extracted answer equal the problem's gold answer?
+@dataclass
+class VerdictReward:
+    """A built-in reward: a score of each completion's `Verdict`, so one judgement serves every built-in
+    reward and the accuracy metric. Callable as a plain reward function too (it then judges itself)."""
 
-    For reasoning-gym problems: the dataset's ``score_answer`` gives full marks (>= 1).
-    """
-    if problem.meta.get("format") == "pot":  # program-of-thought: run the program in the sandbox
-        from reasonloop.verify.pot import pot_reward
+    score: Callable[[Verdict], float]
+    task: object = None  # the recipe's TaskConfig (None: defaults)
 
-        return pot_reward([completion], [problem])[0] == 1.0
-    answer = extract_answer(completion, extract)
-    if is_gym(problem):
-        return gym_score(answer, problem) >= 1.0
-    return answers_match(answer, problem.answer, rel_tol)
+    def __call__(self, completions: list[str], problems: list[Problem]) -> list[float]:
+        return [self.score(v) for v in judge(completions, problems, self.task)]
 
 
-def correct_reward(extract: Sequence[str] = DEFAULT_STRATEGIES, rel_tol: float = 1e-4) -> RewardFn:
+def _correct(v: Verdict) -> float:
+    return float(v.correct)
+
+
+def _partial(v: Verdict) -> float:
+    """ReFT: 1 correct, 0.1 wrong but in the asked answer format, 0 no answer in that format."""
+    return 1.0 if v.correct else PARTIAL_WRONG if v.formatted else 0.0
+
+
+def _format(v: Verdict) -> float:
+    return float(v.formatted)
+
+
+BUILTIN_REWARDS: dict[str, Callable[[Verdict], float]] = {"correct": _correct, "partial": _partial,
+                                                          "format": _format}
+"""Built-in rewards by the name a recipe's ``reward`` list uses."""
+
+
+def correct_reward(task=None) -> VerdictReward:
     """1.0 per correct completion, 0.0 otherwise."""
-    def correct(completions: list[str], problems: list[Problem]) -> list[float]:
-        if problems and all(p.meta.get("format") == "pot" for p in problems):
-            from reasonloop.verify.pot import pot_reward
-
-            return pot_reward(completions, problems)  # programs run in parallel in the sandbox
-        return [float(is_correct(c, p, extract, rel_tol)) for c, p in zip(completions, problems)]
-    return correct
+    return VerdictReward(_correct, task)
 
 
-def partial_reward(extract: Sequence[str] = DEFAULT_STRATEGIES, rel_tol: float = 1e-4) -> RewardFn:
-    """ReFT: 1 correct, 0.1 extracted but wrong, 0 nothing extracted."""
-    def partial(completions: list[str], problems: list[Problem]) -> list[float]:
-        if problems and all(p.meta.get("format") == "pot" for p in problems):
-            from reasonloop.verify.pot import pot_partial_reward
-
-            return pot_partial_reward(completions, problems)
-        out = []
-        for completion, problem in zip(completions, problems):
-            answer = extract_answer(completion, extract)
-            if answer is None:
-                out.append(0.0)
-                continue
-            right = (gym_score(answer, problem) >= 1.0 if is_gym(problem)
-                     else answers_match(answer, problem.answer, rel_tol))
-            out.append(1.0 if right else PARTIAL_WRONG)
-        return out
-    return partial
-
-
-def format_reward(answer_format: str = "answer_line") -> RewardFn:
-    """1.0 when the completion holds an answer written in ``answer_format``, else 0.0."""
-    if answer_format not in STRATEGIES or answer_format == "last_number":
-        raise UserError(f"task.answer_format: {answer_format!r} is not a format the `format` reward "
-                        "can check; use answer_line, hash or boxed")
-    find = STRATEGIES[answer_format]
-
-    def format_ok(completions: list[str], problems: list[Problem]) -> list[float]:
-        return [float(find(c) is not None) for c in completions]
-    return format_ok
+def partial_reward(task=None) -> VerdictReward:
+    """ReFT: 1 correct, 0.1 a wrong answer in the task's answer format, 0 none."""
+    return VerdictReward(_partial, task)
 
 
 def load_reward(spec: str, where: str = "reward") -> RewardFn:
@@ -145,19 +128,30 @@ class CombinedReward:
     names: list[str]
     fns: list[RewardFn]
     weights: list[float]
+    task: object = None  # judges the completions for the built-in rewards
 
-    def breakdown(self, completions: list[str], problems: list[Problem]) -> tuple[list[float], dict[str, list[float]]]:
-        """Total reward per completion and each function's checked values (for logging)."""
+    def breakdown(self, completions: list[str], problems: list[Problem],
+                  verdicts: list[Verdict] | None = None) -> tuple[list[float], dict[str, list[float]]]:
+        """Total reward per completion and each function's checked values (for logging).
+
+        ``verdicts`` (from `judge`) are reused by the built-in rewards; without them the completions are
+        judged here, once for all built-ins.
+        """
         if len(completions) != len(problems):
             raise ValueError(f"{len(completions)} completions for {len(problems)} problems")
+        if verdicts is None and any(isinstance(fn, VerdictReward) for fn in self.fns):
+            verdicts = judge(completions, problems, self.task)
         parts = {}
         total = [0.0] * len(completions)
         for name, fn, weight in zip(self.names, self.fns, self.weights):
-            try:
-                raw = fn(completions, problems)
-            except Exception as err:  # user code: name it instead of a traceback from inside it
-                raise UserError(f"reward function {name!r} raised {type(err).__name__}: {err}") from err
-            values = check_rewards(raw, name, len(completions))
+            if isinstance(fn, VerdictReward):
+                values = [fn.score(v) for v in verdicts]
+            else:
+                try:
+                    raw = fn(completions, problems)
+                except Exception as err:  # user code: name it instead of a traceback from inside it
+                    raise UserError(f"reward function {name!r} raised {type(err).__name__}: {err}") from err
+                values = check_rewards(raw, name, len(completions))
             parts[name] = values
             total = [t + weight * v for t, v in zip(total, values)]
         return total, parts
@@ -166,13 +160,12 @@ class CombinedReward:
         return self.breakdown(completions, problems)[0]
 
 
-def build_reward(names: list[str], weights: list[float] | None = None,
-                 extract: Sequence[str] = DEFAULT_STRATEGIES, rel_tol: float = 1e-4,
-                 answer_format: str = "answer_line", where: str = "reward") -> CombinedReward:
+def build_reward(names: list[str], weights: list[float] | None = None, task=None,
+                 where: str = "reward") -> CombinedReward:
     """Turn a recipe's ``reward`` / ``reward_weights`` lists into one reward function.
 
-    ``answer_format`` is what the ``format`` reward checks (the task's ``answer_format``);
-    ``where`` is the recipe field named in error messages (e.g. ``stages[2].reward``).
+    ``task`` is the recipe's task section (how answers are judged); ``where`` is the recipe field named
+    in error messages (e.g. ``stages[2].reward``).
     """
     if not names:
         raise UserError(f"{where}: the list of reward functions is empty")
@@ -180,10 +173,9 @@ def build_reward(names: list[str], weights: list[float] | None = None,
         weights = [1.0] * len(names)
     if len(weights) != len(names):
         raise UserError(f"{where}: {len(weights)} reward_weights for {len(names)} reward functions")
-    builtins = {
-        "correct": lambda: correct_reward(extract, rel_tol),
-        "partial": lambda: partial_reward(extract, rel_tol),
-        "format": lambda: format_reward(answer_format),
-    }
-    fns = [builtins[n]() if n in builtins else load_reward(n, where) for n in names]
-    return CombinedReward(list(names), fns, [float(w) for w in weights])
+    if "format" in names and task is not None and task.answer_format == "program":
+        raise UserError(f"{where}: the `format` reward checks a written answer line; with "
+                        "task.answer_format: program use `partial` (a program that ran and printed)")
+    fns = [VerdictReward(BUILTIN_REWARDS[n], task) if n in BUILTIN_REWARDS else load_reward(n, where)
+           for n in names]
+    return CombinedReward(list(names), fns, [float(w) for w in weights], task)
