@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from reasonloop.algos.aggregate import aggregate, masked_mean
+from reasonloop.algos.aggregate import aggregate, aggregate_parts, masked_mean
 
 # two sequences: [1, 2, 3] (3 tokens) and [10, -, -] (1 token)
 LOSS = torch.tensor([[1.0, 2.0, 3.0], [10.0, 99.0, 99.0]])
@@ -60,3 +60,15 @@ def test_bad_mode_and_missing_constant_are_named():
         aggregate(LOSS, MASK, "seq_sum_norm")
     with pytest.raises(ValueError, match=r"must both be \[B, T\]; got \(2, 3\) and \(3,\)"):
         aggregate(LOSS, MASK[0], "token_mean")
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean", "seq_sum_norm"])
+def test_aggregate_parts_summed_over_a_split_give_the_whole(mode):
+    # rows: [1, 2, -] [3, -, -] [-, -, -] [4, 5, 6]; hand values of the whole:
+    # token_mean 21/6, seq_mean (1.5 + 3 + 5)/3 (the empty row is not a sequence), seq_sum_norm 21/(4*3)
+    values = torch.tensor([[1., 2, 0], [3, 0, 0], [9, 9, 9], [4, 5, 6]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]])
+    whole = {"token_mean": 21 / 6, "seq_mean": 9.5 / 3, "seq_sum_norm": 21 / 12}[mode]
+    assert aggregate(values, mask, mode, norm_const=3).item() == pytest.approx(whole)
+    parts = [aggregate_parts(values[rows], mask[rows], mode, norm_const=3) for rows in ([0], [1, 2, 3])]
+    assert (sum(n for n, _ in parts) / sum(d for _, d in parts)).item() == pytest.approx(whole)

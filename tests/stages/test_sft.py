@@ -85,22 +85,79 @@ def test_sft_learns_changes_weights_resumes_and_saves(tiny_model_dir, tokenizer,
         assert torch.allclose(a, b, atol=1e-5), n
 
 
-@pytest.mark.parametrize("objective", ["dft", "profit", "prob", "asft"])
-def test_every_objective_trains(tiny_model_dir, tokenizer, examples, tmp_path, objective):
-    c = cfg(objective=objective, max_steps=3, masked_thought=0.2, profit_tau=0.0)
-    model, _ = load_model(str(tiny_model_dir), trainable=True)
-    ref = load_model(str(tiny_model_dir))[0] if objective == "asft" else None
-    store = RunStore(tmp_path / "s.sqlite")
-    res = train_sft(model, tokenizer, examples, c, store=store, stage="sft", ref_model=ref, progress=False)
+def response_logprobs(model, ex) -> torch.Tensor:
+    """Log-probs of one example's response tokens by a plain HF forward: independent of packing."""
+    ids = torch.tensor([ex.ids])
+    with torch.no_grad():
+        logp = model(ids).logits[0, :-1].float().log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+    return logp[ex.n_prompt - 1:]  # position t predicts token t + 1
+
+
+def tau_in_a_gap(lp: torch.Tensor) -> float:
+    """A ProFit threshold that keeps some response tokens but not all (so it is not NLL in disguise),
+    set in the widest gap between middle probabilities, so float noise cannot move a token across it."""
+    p = lp.exp().sort().values
+    lo = len(p) // 4
+    gap = int((p[1:] - p[:-1])[lo: 3 * len(p) // 4].argmax()) + lo
+    return float(p[gap] + p[gap + 1]) / 2
+
+
+@pytest.mark.parametrize("objective", ["nll", "dft", "profit", "prob", "asft"])
+def test_every_objective_computes_its_formula_and_trains(tiny_model_dir, tokenizer, examples, tmp_path, objective):
+    """Step 1's loss is the objective's formula over the response tokens (hand-written here from plain
+    log-probs), and training moves the weights."""
+    from reasonloop.stages.sft import step_gradients
+
+    model, _ = load_model(str(tiny_model_dir), dtype="fp32", trainable=True)
+    lp = torch.cat([response_logprobs(model, ex) for ex in examples])
+    tau = tau_in_a_gap(lp)
+    expected = {"nll": -lp.mean(), "dft": -(lp.exp() * lp).mean(), "prob": -lp.exp().mean(),
+                "asft": -(lp.exp() * lp).mean(),  # the anchor is the start model: KL 0 at step 1
+                "profit": -lp[lp.exp() >= tau].mean()}[objective]
+    c = cfg(objective=objective, max_steps=3, profit_tau=tau)
+    ref = load_model(str(tiny_model_dir), dtype="fp32")[0] if objective == "asft" else None
+    got = step_gradients(model, examples, [list(range(len(examples)))], c, step=0, ref_model=ref)
+    assert got["loss"] == pytest.approx(expected.item(), rel=1e-4)
+    model.zero_grad(set_to_none=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    c = cfg(objective=objective, max_steps=3, masked_thought=0.2, profit_tau=tau)
+    res = train_sft(model, tokenizer, examples, c, store=RunStore(tmp_path / "s.sqlite"), ref_model=ref,
+                    progress=False)
     assert res["steps"] == 3 and torch.isfinite(torch.tensor(res["final_loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_lora_asft_uses_base_without_adapters(tiny_model_dir, tokenizer, examples):
+@pytest.mark.parametrize("objective, aggregate", [("nll", "token_mean"), ("dft", "token_mean"),
+                                                  ("prob", "token_mean"), ("asft", "token_mean"),
+                                                  ("profit", "token_mean"), ("profit", "seq_mean")])
+def test_grad_accum_does_not_change_the_gradient(tiny_model_dir, examples, objective, aggregate):
+    """One micro-batch or two: the same step, the same gradient (ProFit's kept tokens included)."""
+    from reasonloop.stages.sft import step_gradients
+
+    ref = load_model(str(tiny_model_dir), dtype="fp32")[0] if objective == "asft" else None
+    tau = tau_in_a_gap(torch.cat([response_logprobs(ref or load_model(str(tiny_model_dir), dtype="fp32")[0], ex)
+                                  for ex in examples[:6]]))
+    c = cfg(objective=objective, aggregate=aggregate, profit_tau=tau)
+    grads = []
+    for batches in ([[0, 1, 2, 3, 4, 5]], [[0], [1, 2, 3, 4, 5]]):
+        model, _ = load_model(str(tiny_model_dir), dtype="fp32", trainable=True)
+        step_gradients(model, examples, batches, c, step=0, ref_model=ref)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_lora_asft_anchors_to_the_base_without_adapters(tiny_model_dir, tokenizer, examples):
+    """With LoRA the anchor is the base model (adapters off): KL exactly 0 before training (B = 0),
+    above 0 after (it would stay 0 if the anchor were the adapted model itself)."""
     from reasonloop.config import LoraConfig
+    from reasonloop.stages.sft import microbatch_loss
 
-    model, _ = load_model(str(tiny_model_dir), trainable=True, lora=LoraConfig(r=4, alpha=8))
-    res = train_sft(model, tokenizer, examples, cfg(objective="asft", max_steps=2), progress=False)
+    model, _ = load_model(str(tiny_model_dir), dtype="fp32", trainable=True, lora=LoraConfig(r=4, alpha=8))
+    c = cfg(objective="asft", max_steps=3)
+    assert microbatch_loss(model, examples, [0, 1, 2], c)[1]["kl"].item() == 0.0
+    res = train_sft(model, tokenizer, examples, c, progress=False)
     assert torch.isfinite(torch.tensor(res["final_loss"]))
+    assert microbatch_loss(model, examples, [0, 1, 2], c)[1]["kl"].item() > 1e-6
 
 
 def test_bad_sft_data_file(tmp_path, tokenizer):

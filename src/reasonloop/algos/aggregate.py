@@ -30,6 +30,29 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
     return masked_sum(values, mask, dim) / count.clamp(min=1).to(values.dtype)
 
 
+def aggregate_parts(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
+                    norm_const: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``aggregate`` as (numerator, denominator): summed over the micro-batches of one optimizer step
+    (and over processes), numerator / denominator is the whole step's aggregate, however the step was
+    split. Denominators: kept tokens (``token_mean``), sequences with a kept token (``seq_mean``),
+    ``B * norm_const`` (``seq_sum_norm``)."""
+    if per_token.shape != mask.shape or per_token.dim() != 2:
+        raise ValueError(f"aggregate: per_token and mask must both be [B, T]; got "
+                         f"{tuple(per_token.shape)} and {tuple(mask.shape)}")
+    if mode == "token_mean":
+        return masked_sum(per_token, mask), mask.bool().sum().to(per_token.dtype)
+    if mode == "seq_mean":
+        seq_means = masked_mean(per_token, mask, dim=1)  # [B]
+        has_tokens = mask.bool().any(dim=1)  # [B]: empty sequences are excluded, not counted as 0
+        return masked_sum(seq_means, has_tokens), has_tokens.sum().to(per_token.dtype)
+    if mode == "seq_sum_norm":
+        if norm_const is None or norm_const <= 0:
+            raise ValueError(f"aggregate: mode 'seq_sum_norm' needs a positive norm_const "
+                             f"(e.g. the maximum response length); got {norm_const!r}")
+        return masked_sum(per_token, mask), torch.tensor(per_token.shape[0] * norm_const, dtype=per_token.dtype)
+    raise ValueError(f"aggregate: unknown mode {mode!r}; expected one of {', '.join(AGGREGATE_MODES)}")
+
+
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
               norm_const: float | None = None) -> torch.Tensor:
     """Reduce ``per_token`` [B, T] over the positions where ``mask`` [B, T] is set to a 0-dim tensor.
@@ -37,18 +60,5 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_me
     An empty mask gives 0 rather than nan, so a micro-batch with nothing to learn (e.g. every token
     filtered out by ProFit) adds no gradient instead of poisoning the step.
     """
-    if per_token.shape != mask.shape or per_token.dim() != 2:
-        raise ValueError(f"aggregate: per_token and mask must both be [B, T]; got "
-                         f"{tuple(per_token.shape)} and {tuple(mask.shape)}")
-    if mode == "token_mean":
-        return masked_mean(per_token, mask)
-    if mode == "seq_mean":
-        seq_means = masked_mean(per_token, mask, dim=1)  # [B]
-        has_tokens = mask.bool().any(dim=1)  # [B]: empty sequences are excluded, not counted as 0
-        return masked_mean(seq_means, has_tokens)
-    if mode == "seq_sum_norm":
-        if norm_const is None or norm_const <= 0:
-            raise ValueError(f"aggregate: mode 'seq_sum_norm' needs a positive norm_const "
-                             f"(e.g. the maximum response length); got {norm_const!r}")
-        return masked_sum(per_token, mask) / (per_token.shape[0] * norm_const)
-    raise ValueError(f"aggregate: unknown mode {mode!r}; expected one of {', '.join(AGGREGATE_MODES)}")
+    numerator, denominator = aggregate_parts(per_token, mask, mode, norm_const)
+    return numerator / denominator.clamp(min=1)

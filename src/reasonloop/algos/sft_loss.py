@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from reasonloop.algos.aggregate import aggregate, masked_mean
+from reasonloop.algos.aggregate import aggregate_parts, masked_mean
 
 
 def nll_loss(logp, mask, **_):
@@ -67,20 +67,25 @@ def sft_loss(name: str, logp: torch.Tensor, mask: torch.Tensor, *, kl: torch.Ten
     """Loss and metrics of objective ``name`` for target-token log-probs ``logp`` [B, T].
 
     Metrics (0-dim, detached): ``nll`` and ``p_mean`` over all response tokens, ``kept_frac`` (share of
-    response tokens the loss trains on: < 1 only for ``profit``), and ``kl`` for ``asft``.
+    response tokens the loss trains on: < 1 only for ``profit``), ``kl`` for ``asft``, and ``denominator``:
+    what the loss was divided by (`aggregate_parts`). A loop that splits a step into micro-batches
+    back-propagates ``loss * denominator`` of each and divides the gradient by the step's summed
+    denominator, so the step's gradient does not depend on the split (ProFit's kept tokens included).
     """
     if name not in SFT_LOSSES:
         raise ValueError(f"sft_loss: unknown objective {name!r}; expected one of {', '.join(SFT_LOSSES)}")
     if logp.shape != mask.shape:
         raise ValueError(f"sft_loss: logp and mask shapes differ: {tuple(logp.shape)} vs {tuple(mask.shape)}")
     per_token, loss_mask = SFT_LOSSES[name](logp, mask, kl=kl, beta=beta, tau=tau, k=k)  # [B, T] each
-    loss = aggregate(per_token, loss_mask, mode, norm_const)
+    numerator, denominator = aggregate_parts(per_token, loss_mask, mode, norm_const)
+    loss = numerator / denominator.clamp(min=1)
     with torch.no_grad():
         n_tokens = mask.bool().sum().clamp(min=1)
         metrics = {
             "nll": masked_mean(-logp, mask),
             "p_mean": masked_mean(logp.exp(), mask),
             "kept_frac": loss_mask.bool().sum() / n_tokens,
+            "denominator": denominator.detach(),
         }
         if kl is not None:
             metrics["kl"] = masked_mean(kl, mask)

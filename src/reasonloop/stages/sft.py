@@ -116,7 +116,7 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, sta
     opt, sched = build_optimizer(params, cfg.optim, plan.steps)
     start = _maybe_resume(model, opt, sched, ckpt_dir, store, stage)
     mask_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
-    rank, world = dist.rank(), dist.world_size()
+    world = dist.world_size()
     if cfg.grad_accum % world and dist.is_main():
         log.warning("%s: grad_accum=%d is not a multiple of the %d processes: some idle part of each step",
                     stage, cfg.grad_accum, world)
@@ -126,35 +126,56 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, sta
     last = {}
     for step in range(start, plan.steps):
         t0 = time.time()
-        batches = plan.step_batches(step)
-        norm = sum(_trained_tokens(examples, mb) for mb in batches) if cfg.aggregate == "token_mean" \
-            else sum(len(mb) for mb in batches)
-        totals = torch.zeros(3)  # loss, tokens, nll*share
-        for j, mb in enumerate(batches):
-            if j % world != rank:
-                continue
-            # Masked Thought draws depend on (seed, step, micro-batch) only: same at any world size or resume.
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + j)
-            share = (_trained_tokens(examples, mb) if cfg.aggregate == "token_mean" else len(mb)) / norm
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss, metrics, n_tok = microbatch_loss(model, examples, mb, cfg, ref_model=ref_model,
-                                                       mask_id=mask_id, generator=gen, device=device)
-            (loss * share).backward()  # summed over ranks by sync_gradients: the global-batch gradient
-            totals += torch.tensor([loss.item() * share, n_tok, metrics["nll"].item() * share])
-        dist.sync_gradients(params)
-        dist.all_reduce_sum(totals)
+        totals = step_gradients(model, examples, plan.step_batches(step), cfg, step=step, ref_model=ref_model,
+                                mask_id=mask_id, device=device, use_bf16=use_bf16)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         dt = time.time() - t0
-        last = {"loss": totals[0].item(), "nll": totals[2].item(), "lr": sched.get_last_lr()[0],
-                "grad_norm": float(grad_norm), "tokens": totals[1].item(), "tokens_per_s": totals[1].item() / dt}
+        last = {"loss": totals["loss"], "nll": totals["nll"], "lr": sched.get_last_lr()[0],
+                "grad_norm": float(grad_norm), "tokens": totals["tokens"], "tokens_per_s": totals["tokens"] / dt}
         _after_step(step + 1, plan, last, model, tokenizer, opt, sched, cfg, store, stage, ckpt_dir, eval_fn)
         bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
         bar.update(1)
     bar.close()
     return {"final_loss": last.get("loss"), "steps": plan.steps, "examples": len(examples)}
+
+
+def step_gradients(model, examples: list[Example], batches: list[list[int]], cfg, *, step: int, ref_model=None,
+                   mask_id: int = 0, device="cpu", use_bf16: bool = False) -> dict[str, float]:
+    """Accumulate one optimizer step's gradient over its micro-batches (this rank's share of them).
+
+    Each micro-batch back-propagates its loss numerator; once every rank is done the summed gradient is
+    divided by the step's global denominator (`algos.aggregate.aggregate_parts`), so the gradient is the
+    same for any grad_accum or number of processes, for every objective (ProFit's kept-token count is only
+    known after the forward, so no share can be fixed in advance). Returns the step's loss, response-token
+    nll and input tokens.
+    """
+    rank, world = dist.rank(), dist.world_size()
+    params = [p for p in model.parameters() if p.requires_grad]
+    totals = torch.zeros(5)  # loss numerator, denominator, input tokens, nll sum, response tokens
+    for j, mb in enumerate(batches):
+        if j % world != rank:
+            continue
+        # Masked Thought draws depend on (seed, step, micro-batch) only: same at any world size or resume.
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + j)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, metrics, n_tok = microbatch_loss(model, examples, mb, cfg, ref_model=ref_model,
+                                                   mask_id=mask_id, generator=gen, device=device)
+        denominator = metrics["denominator"].float()
+        (loss * denominator).backward()
+        n_resp = _trained_tokens(examples, mb)
+        totals += torch.tensor([loss.item() * denominator.item(), denominator.item(), n_tok,
+                                metrics["nll"].item() * n_resp, n_resp])
+    dist.sync_gradients(params)  # sums the numerators' gradients over ranks
+    dist.all_reduce_sum(totals)
+    scale = 1.0 / max(totals[1].item(), 1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(scale)
+    return {"loss": totals[0].item() * scale, "tokens": totals[2].item(),
+            "nll": totals[3].item() / max(totals[4].item(), 1.0)}
 
 
 def _after_step(done, plan, metrics, model, tokenizer, opt, sched, cfg, store, stage, ckpt_dir, eval_fn):
