@@ -260,8 +260,13 @@ class RftStage(StageBase):
     """More models (stage names / paths) or saved sample files (.jsonl) to pool paths from."""
     rounds: int = Field(1, ge=1)
     """Sample -> filter -> train rounds."""
-    train_from: Literal["base", "last"] = "base"
-    """Each round trains from the stage's starting model (RFT paper) or continues from the last round."""
+    sample_from: str | None = None
+    """Model the first round samples from: a stage name, a path or `default` (null: the stage's starting
+    model, `init_from`). Later rounds sample from the previous round's output (Expert Iteration)."""
+    train_from: Literal["base", "init", "last"] = "init"
+    """What each round fine-tunes: `base`, the recipe's `model.path` (the RFT paper: sample from the SFT
+    model, retrain the pre-trained model on gold + distinct paths); `init`, the stage's starting model;
+    `last`, the previous round's output (round 0: the starting model)."""
     limit: int | None = None
     """Use only the first N training questions."""
     skip: int = Field(0, ge=0)

@@ -327,3 +327,19 @@ def test_cli_rft(digit_dir, tmp_path):
     (stage,) = summary["stages"]
     assert stage["kind"] == "rft" and stage["status"] == "done" and stage["samples_drawn"] == 9
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "stages" / "rft0" / "model")
+
+
+def test_rft_samples_from_one_model_and_retrains_the_base_as_in_the_paper(digit_dir, tmp_path):
+    """`sample_from: sft` + `train_from: base`: round 0 samples from the SFT output and every round
+    fine-tunes the recipe's pre-trained model; round 1 samples from round 0's output."""
+    rft = {"kind": "rft", "name": "rft", "k": 2, "rounds": 2, "sample_from": "sft", "train_from": "base",
+           "init_from": "sft", "decoding": {"temperature": 0.7, "max_new_tokens": 4},
+           "train": {"max_steps": 1, "batch_tokens": 256, "optim": {"lr": 1e-3}}}
+    sft = {"kind": "sft", "name": "sft", "max_steps": 1, "batch_tokens": 256, "optim": {"lr": 1e-3}}
+    recipe = Recipe(model={"path": str(digit_dir)}, task=toy_task(tmp_path), stages=[sft, rft],
+                    run={"engine": "torch"})
+    run_dir = tmp_path / "run"
+    rounds = run_pipeline(recipe, run_dir, progress=False)["stages"][1]["rounds"]
+    sft_out = str(run_dir / "stages" / "sft" / "model")
+    assert [r["sampled_from"] for r in rounds] == [sft_out, str(run_dir / "stages" / "rft" / "round_0" / "model")]
+    assert [r["trained_from"] for r in rounds] == [str(digit_dir)] * 2

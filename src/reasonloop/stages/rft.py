@@ -279,7 +279,9 @@ def run(ctx, cfg, name: str) -> dict:
     problems, bad_gold = usable_problems(train, ctx.recipe.task, name)
     tok = load_tokenizer(start)
     pooled = pooled_samples(ctx, cfg, name, problems)
-    sample_ref = train_ref = start
+    sample_ref = ctx.resolve_model(cfg.sample_from) if cfg.sample_from is not None else start
+    base = ctx.resolve_model(ctx.recipe.model.path)
+    train_ref = base if cfg.train_from == "base" else start
     rounds, offset, drawn_total = [], 0, 0
     for r in range(cfg.rounds):
         last = r == cfg.rounds - 1
@@ -295,7 +297,7 @@ def run(ctx, cfg, name: str) -> dict:
                  name, r, summary["questions"], summary["samples_drawn"], summary["pass_rate_mean"],
                  summary["distinct_paths_mean"], summary["kept"], trained["final_loss"])
         sample_ref = str(out)  # Expert Iteration: the next round samples from the improved model
-        train_ref = start if cfg.train_from == "base" else str(out)
+        train_ref = {"base": base, "init": start, "last": str(out)}[cfg.train_from]
     final = rounds[-1]
     rdir = ctx.stage_dir(name) / f"round_{cfg.rounds - 1}"
     return {"model": str(ctx.stage_dir(name) / "model"), **{k: v for k, v in final.items() if k != "round"},
