@@ -44,7 +44,7 @@ def test_path_that_is_not_a_model(tmp_path, capsys):
 def test_k_larger_than_samples(tmp_path, capsys, tiny_model_dir):
     code, err = run(capsys, "eval", "--model", str(tiny_model_dir), "--k", "4", "--n", "2", "--limit", "2",
                     "--out", str(tmp_path / "o"), "--no-progress")
-    assert code == 2 and "k=4 is larger than the samples drawn per problem n=2" in err[-1]
+    assert code == 2 and "n: pass@4 needs at least k samples per problem; got n=2" in err[-1]
 
 
 def test_malformed_jsonl_task(tmp_path, capsys, tiny_model_dir):

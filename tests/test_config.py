@@ -73,3 +73,29 @@ def test_every_field_has_a_docstring_or_is_self_evident():
     for model in [m for m in vars(c).values() if isinstance(m, type) and issubclass(m, c.Strict)]:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
+
+
+@pytest.mark.parametrize("text, message", [
+    # Cross-field checks that used to fire only when their stage started, after the stages before it.
+    ("stages:\n  - kind: sft\n  - kind: rl\n    algorithm: rloo\n    group_size: 1\n",
+     r"r.yaml:3: stages\[1\]: group_size: rloo compares samples of one prompt, so it needs group_size >= 2"),
+    ("stages:\n  - kind: eval\n    k: 4\n    n: 2\n",
+     r"r.yaml:2: stages\[0\]: n: pass@4 needs at least k samples per problem; got n=2"),
+    ("stages:\n  - kind: rl\n    curriculum:\n      scheduler: sec\n      temperature: 0\n",
+     r"r.yaml:5: stages\[0\].curriculum.temperature: must be > 0, got 0"),
+    ("stages:\n  - kind: rl\n    curriculum:\n      scheduler: adarft\n      step_size: -0.1\n",
+     r"r.yaml:5: stages\[0\].curriculum.step_size: must be >= 0, got -0.1"),
+    ("stages:\n  - kind: rl\n    curriculum: {scheduler: sec, buckets: 0}\n",
+     r"r.yaml:3: stages\[0\].curriculum.buckets: must be >= 1, got 0"),
+    ("stages:\n  - kind: rl\n    curriculum: {scheduler: levels, promote_at: 1.5}\n",
+     r"r.yaml:3: stages\[0\].curriculum.promote_at: must lie in \[0, 1\], got 1.5"),
+    ("stages:\n  - kind: rl\n    curriculum: {scheduler: levels}\n",
+     r"stages\[0\].curriculum.scheduler: 'levels' needs a task with difficulty levels"),
+])
+def test_cross_field_checks_fail_at_validation(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        load_recipe(write(tmp_path, text))
+
+
+def test_a_range_is_checked_only_for_the_scheduler_using_it(tmp_path):
+    assert load_recipe(write(tmp_path, "stages:\n  - kind: rl\n    curriculum: {scheduler: static, temperature: 0}\n"))

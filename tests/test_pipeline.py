@@ -147,3 +147,17 @@ def test_missing_sink_package_is_named(tmp_path, tiny_model_dir):
     recipe = load_recipe(tiny_recipe(tmp_path, tiny_model_dir, run={"report_to": ["wandb"]}))
     with pytest.raises(UserError, match="run.report_to: wandb needs `pip install wandb`"):
         run_pipeline(recipe, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_run_progress_setting_turns_bars_off(tmp_path, tiny_model_dir, capfd, shown):
+    data = toy_task(tmp_path)
+    from reasonloop.config import Recipe
+
+    recipe = Recipe.model_validate({
+        "model": {"path": str(tiny_model_dir)}, "run": {"progress": shown},
+        "task": {"source": "jsonl", "train": str(data), "test": str(data)},
+        "stages": [{"kind": "eval", "limit": 2, "k": 0, "decoding": {"max_new_tokens": 2}}]})
+    capfd.readouterr()
+    run_pipeline(recipe, tmp_path / "run", progress=True)
+    assert ("%|" in capfd.readouterr().err) == shown  # tqdm's bar

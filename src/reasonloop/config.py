@@ -128,6 +128,21 @@ class CurriculumConfig(Strict):
     promote_at: float = 0.7
     """`levels`: accuracy on the current level that moves to the next."""
 
+    @field_validator("buckets", "step_size", "alpha", "temperature", "promote_at")
+    @classmethod
+    def _in_range_for_its_scheduler(cls, value, info):
+        """Each range is checked for the scheduler that uses the setting (a `static` curriculum does not
+        care about `sec`'s temperature), when the recipe is validated, before any stage runs."""
+        rules = {"buckets": (("static", "sec"), lambda v: v >= 1, "must be >= 1"),
+                 "step_size": (("adarft",), lambda v: v >= 0, "must be >= 0"),
+                 "alpha": (("sec",), lambda v: 0 < v <= 1, "must lie in (0, 1]"),
+                 "temperature": (("sec",), lambda v: v > 0, "must be > 0"),
+                 "promote_at": (("levels",), lambda v: 0 <= v <= 1, "must lie in [0, 1]")}
+        schedulers, ok, why = rules[info.field_name]
+        if info.data.get("scheduler") in schedulers and not ok(value):
+            raise ValueError(f"{why}, got {value!r}")
+        return value
+
 
 # --------------------------------------------------------------------------- stages
 
@@ -169,6 +184,12 @@ class EvalStage(StageBase):
     """Sampling settings for this stage."""
     batch_size: int = 64
     """Sequences decoded at once."""
+
+    @model_validator(mode="after")
+    def _enough_samples_for_k(self):
+        if self.k and self.n is not None and self.n < self.k:
+            raise ValueError(f"n: pass@{self.k} needs at least k samples per problem; got n={self.n}")
+        return self
 
 
 class OptimConfig(Strict):
@@ -304,8 +325,9 @@ class RlStage(StageBase):
     """Weights of the reward functions (default: all 1)."""
     kl_coef: float = 0.0
     """GRPO/RLOO: KL loss weight (0: no reference model is loaded). PPO: per-token KL penalty in the reward."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    """KL estimator (Schulman's k1/k2/k3)."""
+    kl_estimator: Literal["k1", "k2", "k3"] | None = None
+    """KL estimator (Schulman's k1/k2/k3), used wherever the KL goes: PPO's per-token reward penalty and
+    GRPO/RLOO's loss term. Null: k1 for PPO (ReFT's penalty, the log-ratio), k3 for GRPO/RLOO (DeepSeekMath)."""
     clip_low: float = 0.2
     """PPO ratio clip below 1."""
     clip_high: float = 0.2
@@ -333,7 +355,8 @@ class RlStage(StageBase):
     whiten_advantages: bool = True
     """PPO: normalise advantages over the batch."""
     reference: str | None = None
-    """Reference model: a stage name or path; defaults to the SFT stage's output."""
+    """Reference model of the KL term: a stage name or path. Null: the output of the last sft or rft stage
+    before this one, else this stage's starting model. With LoRA the reference is the base without adapters."""
     optim: OptimConfig = OptimConfig(lr=1e-6, schedule="constant")
     """Optimizer and learning-rate schedule."""
     curriculum: CurriculumConfig = CurriculumConfig()
@@ -346,6 +369,16 @@ class RlStage(StageBase):
     """Leave out the first N training questions (those an earlier stage trained on); `limit` counts after them."""
     seed: int = 0
     """Seed of this stage's sampling and data order."""
+
+    @model_validator(mode="after")
+    def _groups_for_group_baselines(self):
+        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+            raise ValueError(f"group_size: {self.algorithm} compares samples of one prompt, so it needs "
+                             f"group_size >= 2 (got {self.group_size}); use ppo for one sample per prompt")
+        return self
+
+    def kl_estimator_or_default(self) -> str:
+        return self.kl_estimator or ("k1" if self.algorithm == "ppo" else "k3")
 
 
 Stage = Annotated[Union[EvalStage, SftStage, RftStage, RlStage], Field(discriminator="kind")]
@@ -380,6 +413,15 @@ class Recipe(Strict):
         return stages
     run: RunConfig = RunConfig()
     """Run-wide settings."""
+
+    @model_validator(mode="after")
+    def _levels_need_task_levels(self):
+        for i, stage in enumerate(self.stages):
+            curriculum = getattr(stage, "curriculum", None)
+            if curriculum is not None and curriculum.scheduler == "levels" and not (self.task.gym and self.task.gym.levels):
+                raise ValueError(f"stages[{i}].curriculum.scheduler: 'levels' needs a task with difficulty levels "
+                                 "(task.source: gym with task.gym.levels)")
+        return self
 
     @model_validator(mode="after")
     def _ablation_arms_are_evals(self):

@@ -155,8 +155,9 @@ def _open_store(recipe: Recipe, run_dir: Path) -> RunStore:
 def run_pipeline(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> dict:
     run_dir = Path(run_dir)
     store = _open_store(recipe, run_dir)
-    ctx = RunContext(recipe=recipe, run_dir=run_dir, store=store, progress=progress,
+    ctx = RunContext(recipe=recipe, run_dir=run_dir, store=store, progress=progress and recipe.run.progress,
                      current_model=recipe.model.path)
+    hf_bars = _hf_progress_bars(ctx.progress)
     try:
         summary = None
         for i, (cfg, name) in enumerate(zip(recipe.stages, recipe.stage_names())):
@@ -171,6 +172,16 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> 
         return dist.broadcast_object(summary)
     finally:
         store.close()
+        _hf_progress_bars(hf_bars)
+
+
+def _hf_progress_bars(enabled: bool) -> bool:
+    """Show or hide transformers' own bars (weight loading) with ours; returns the previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    return before
 
 
 def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:

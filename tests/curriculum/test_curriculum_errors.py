@@ -41,24 +41,6 @@ def test_sec_needs_an_rl_stage():
     assert _make("adarft", stage_kind="rft").spec.name == "adarft"
 
 
-@pytest.mark.parametrize("scheduler, setting, value, message", [
-    ("sec", "temperature", 0.0, "curriculum.temperature: must be > 0, got 0.0"),
-    ("sec", "alpha", 0.0, "curriculum.alpha: must lie in (0, 1], got 0.0"),
-    ("sec", "buckets", 0, "curriculum.buckets: must be >= 1, got 0"),
-    ("static", "buckets", -2, "curriculum.buckets: must be >= 1, got -2"),
-    ("adarft", "step_size", -0.1, "curriculum.step_size: must be >= 0, got -0.1"),
-    ("levels", "promote_at", 1.5, "curriculum.promote_at: must lie in [0, 1], got 1.5"),
-])
-def test_out_of_range_settings(scheduler, setting, value, message):
-    with pytest.raises(UserError) as err:
-        _make(scheduler, difficulties=[0.0, 1.0], has_levels=True, **{setting: value})
-    assert str(err.value) == message
-
-
-def test_a_settings_range_is_checked_only_for_the_scheduler_using_it():
-    assert _make("static", temperature=0.0).spec.name == "static"
-
-
 def test_level_pool_with_a_missing_level():
     with pytest.raises(UserError, match=r"^curriculum\.scheduler: the task's problem pool has no problems at "
                                         r"level\(s\) \[1\]"):

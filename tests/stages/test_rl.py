@@ -176,3 +176,20 @@ def test_flat_groups_take_no_optimizer_step(tiny_model_dir, tmp_path):
     metrics = loop.step()
     assert metrics["skipped_update"] == 1.0 and metrics["reward_mean"] == 1.0
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, loop.policy.parameters()))
+
+
+@pytest.mark.parametrize("estimator, kl_per_token", [
+    # logp - ref_logp = 0.5 on each of 2 tokens: k1 = 0.5; k3 = e^-0.5 - 1 + 0.5 = 0.10653
+    (None, 0.5), ("k1", 0.5), ("k3", math.exp(-0.5) - 0.5)])
+def test_ppo_reward_penalty_uses_the_configured_kl_estimator(estimator, kl_per_token):
+    """Returns at the first token (gamma = lam = 1, zero values, no whitening) are the score minus
+    kl_coef times the summed per-token KL estimate: 1 - 0.1 * 2 * kl."""
+    from types import SimpleNamespace
+
+    cfg = rl_cfg("ppo", kl_coef=0.1, kl_estimator=estimator, gamma=1.0, lam=1.0, whiten_advantages=False)
+    loop = SimpleNamespace(cfg=cfg, device=torch.device("cpu"))
+    mask = torch.tensor([[1.0, 1.0]])
+    old = {"logp": torch.tensor([[-1.0, -2.0]]), "values": torch.zeros(1, 2)}
+    _, returns = RLLoop._advantages(loop, SimpleNamespace(rewards=torch.tensor([1.0])), old,
+                                    torch.tensor([[-1.5, -2.5]]), mask)
+    assert returns[0, 0].item() == pytest.approx(1.0 - 0.1 * 2 * kl_per_token, abs=1e-6)

@@ -308,24 +308,6 @@ class Curriculum:
             raise ValueError(f"BatchStats.step must be >= 0, got {stats.step}")
 
 
-def _check_settings(cfg: CurriculumConfig, where: str) -> None:
-    """Ranges the schema does not enforce, checked only for the scheduler that uses them."""
-    bad = []
-    if cfg.scheduler in ("static", "sec") and cfg.buckets < 1:
-        bad.append(("buckets", "must be >= 1", cfg.buckets))
-    if cfg.scheduler == "adarft" and not cfg.step_size >= 0:
-        bad.append(("step_size", "must be >= 0", cfg.step_size))
-    if cfg.scheduler == "sec" and not 0 < cfg.alpha <= 1:
-        bad.append(("alpha", "must lie in (0, 1]", cfg.alpha))
-    if cfg.scheduler == "sec" and not cfg.temperature > 0:
-        bad.append(("temperature", "must be > 0", cfg.temperature))
-    if cfg.scheduler == "levels" and not 0 <= cfg.promote_at <= 1:
-        bad.append(("promote_at", "must lie in [0, 1]", cfg.promote_at))
-    if bad:
-        field, why, got = bad[0]
-        raise UserError(f"{where}.{field}: {why}, got {got!r}")
-
-
 def _level_buckets(levels: list[float], where: str) -> tuple[int, ...]:
     ints = [int(v) for v in levels]
     if any(v != i or i < 0 for v, i in zip(levels, ints)):
@@ -365,7 +347,6 @@ def make_curriculum(cfg: CurriculumConfig, difficulties: list[float], total_step
     if cfg.scheduler == "levels" and not has_levels:
         raise UserError(f"{where}.scheduler: 'levels' needs a task with difficulty levels (task.source: gym "
                         "with task.gym.levels); this task has none, so use none, static, anneal, adarft or sec")
-    _check_settings(cfg, where)
     if not difficulties:
         raise ValueError("a curriculum needs at least one problem")
     if total_steps < 1:

@@ -65,11 +65,6 @@ def _store_rows(judged: list[Judged], prompts: list[str], tag: str) -> list[dict
 def evaluate(model, tokenizer, problems: list[Problem], task_cfg, cfg, store=None, stage: str = "eval",
              engine=None, progress: bool = True, step: int = 0) -> dict:
     """Evaluate `model` on `problems` with an EvalStage config; return the summary dict."""
-    if cfg.k and (cfg.n or cfg.k) < cfg.k:
-        from reasonloop.errors import UserError
-
-        raise UserError(f"eval: k={cfg.k} is larger than the samples drawn per problem n={cfg.n}; "
-                        "pass@k needs n >= k")
     problems = problems[: cfg.limit] if cfg.limit else problems
     engine = engine or make_engine(model, tokenizer, max_batch=cfg.batch_size, progress=progress)
     prompts = [prompt_text(tokenizer, p.question, task_cfg.prompt, task_cfg.answer_format) for p in problems]

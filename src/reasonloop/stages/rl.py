@@ -162,7 +162,8 @@ class RLLoop:
             return leave_one_out(rollout.rewards, G).to(self.device), None
         token_rewards = last_token_scores(rollout.rewards.to(self.device), mask)  # [N, L]
         if ref_logp is not None:  # ReFT: per-token KL penalty folded into the reward
-            token_rewards = token_rewards - cfg.kl_coef * kl_penalty(old["logp"], ref_logp, "k1") * mask
+            kl = kl_penalty(old["logp"], ref_logp, cfg.kl_estimator_or_default())  # [N, L]
+            token_rewards = token_rewards - cfg.kl_coef * kl * mask
         adv, returns = gae(token_rewards, old["values"], mask, cfg.gamma, cfg.lam)
         return (whiten(adv, mask) if cfg.whiten_advantages else adv), returns
 
@@ -209,7 +210,7 @@ class RLLoop:
         metrics = {"policy_loss": loss.item(), "clip_frac": pm["clip_frac"].item(),
                    "entropy": masked_mean(cur["entropy"], mask).item()}
         if ref_logp is not None:
-            kl = kl_penalty(cur["logp"], ref_logp[rows, :L], cfg.kl_estimator)  # [S, L]
+            kl = kl_penalty(cur["logp"], ref_logp[rows, :L], cfg.kl_estimator_or_default())  # [S, L]
             metrics["kl"] = masked_mean(kl, mask).item()
             if cfg.algorithm != "ppo":  # GRPO / RLOO: KL as a loss term; PPO has it in the reward
                 loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.aggregate, norm)
@@ -377,8 +378,6 @@ def run(ctx, cfg, name: str) -> dict:
     from reasonloop.models import load_model, save_hf_folder
     from reasonloop.verify.rewards import build_reward
 
-    if cfg.algorithm in ("grpo", "rloo") and cfg.group_size < 2:
-        raise UserError(f"{name}: {cfg.algorithm} needs group_size >= 2, got {cfg.group_size}")
     recipe, task_cfg = ctx.recipe, ctx.recipe.task
     index = recipe.stage_names().index(name)
     model_ref = ctx.resolve_model(cfg.init_from)
