@@ -9,7 +9,7 @@ from reasonloop.config import load_recipe
 from reasonloop.pipeline import run_pipeline
 
 
-def test_pot_task_runs_sft_rft_and_rl(tmp_path, tiny_model_dir):
+def test_pot_task_runs_sft_rft_and_rl(tmp_path, tiny_model_dir, monkeypatch):
     rows = [{"question": f"Tom has {a} apples and buys {b}. How many now?",
              "answer": f"He has {a}+{b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b}"}
             for a in range(2, 6) for b in range(3, 5)]
@@ -30,6 +30,16 @@ def test_pot_task_runs_sft_rft_and_rl(tmp_path, tiny_model_dir):
     }
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    import reasonloop.verify.pot as pot
+
+    batches = []  # programs per sandbox call, recorded around the real sandbox
+
+    def recording_run_programs(programs, **kw):
+        batches.append(len(programs))
+        return real_run_programs(programs, **kw)
+
+    real_run_programs = pot.run_programs
+    monkeypatch.setattr(pot, "run_programs", recording_run_programs)
     summary = run_pipeline(load_recipe(path), tmp_path / "run", progress=False)
     assert [s["status"] for s in summary["stages"]] == ["done"] * 4
     kept = (tmp_path / "run" / "stages" / "rft" / "round_0" / "kept.jsonl").read_text()
@@ -37,4 +47,8 @@ def test_pot_task_runs_sft_rft_and_rl(tmp_path, tiny_model_dir):
     from reasonloop.runs.store import RunStore
 
     store = RunStore(tmp_path / "run" / "store.sqlite")
-    assert store.metrics("rl", "reward_mean")  # the sandboxed reward ran on every rollout
+    assert store.metrics("rl", "reward_mean")
+    # Every program ran once, in one parallel batch per judging call: RFT's 4 gold answers (one call
+    # each), its 4 x 2 samples, 2 RL steps x 2 prompts x 2 rollouts (reward and accuracy share one
+    # judgement), the eval's 4 greedy answers.
+    assert sorted(batches) == [1, 1, 1, 1, 4, 4, 4, 8]
