@@ -309,8 +309,9 @@ class RftStage(StageBase):
 class RlStage(StageBase):
     kind: Literal["rl"]
     """Stage type."""
-    algorithm: Literal["grpo", "ppo", "rloo"] = "grpo"
-    """RL algorithm: PPO with a value head (ReFT), GRPO or RLOO."""
+    algorithm: str = "grpo"
+    """Advantage estimator, by its registered name (`reasonloop.algos.estimators`): `grpo`, `rloo`, or `ppo`
+    (PPO with a value head and GAE, as in ReFT)."""
     steps: int = Field(20, ge=1)
     """Rollout-and-update steps."""
     prompts_per_step: int = Field(8, ge=1)
@@ -324,10 +325,13 @@ class RlStage(StageBase):
     reward_weights: list[float] | None = None
     """Weights of the reward functions (default: all 1)."""
     kl_coef: float = 0.0
-    """GRPO/RLOO: KL loss weight (0: no reference model is loaded). PPO: per-token KL penalty in the reward."""
+    """Weight of the KL to the reference model (0: none, and no reference model is loaded)."""
+    kl_in: Literal["reward", "loss"] | None = None
+    """Where the KL goes: a per-token penalty in the reward (ReFT's PPO) or a loss term (GRPO).
+    Null: the estimator's default (`ppo`: reward; `grpo`, `rloo`: loss)."""
     kl_estimator: Literal["k1", "k2", "k3"] | None = None
-    """KL estimator (Schulman's k1/k2/k3), used wherever the KL goes: PPO's per-token reward penalty and
-    GRPO/RLOO's loss term. Null: k1 for PPO (ReFT's penalty, the log-ratio), k3 for GRPO/RLOO (DeepSeekMath)."""
+    """KL estimator (Schulman's k1/k2/k3), used wherever the KL goes. Null: the estimator's default
+    (`ppo`: k1, ReFT's log-ratio penalty; `grpo`, `rloo`: k3, as in DeepSeekMath)."""
     clip_low: float = 0.2
     """PPO ratio clip below 1."""
     clip_high: float = 0.2
@@ -370,15 +374,33 @@ class RlStage(StageBase):
     seed: int = 0
     """Seed of this stage's sampling and data order."""
 
+    @field_validator("algorithm")
+    @classmethod
+    def _registered_estimator(cls, value):
+        from reasonloop.algos.estimators import estimators
+
+        if value not in estimators():
+            raise ValueError(f"expected one of {', '.join(sorted(estimators()))}, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _groups_for_group_baselines(self):
-        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+        if self.estimator().groups and self.group_size < 2:
             raise ValueError(f"group_size: {self.algorithm} compares samples of one prompt, so it needs "
                              f"group_size >= 2 (got {self.group_size}); use ppo for one sample per prompt")
         return self
 
+    def estimator(self):
+        """The registered advantage estimator this stage uses."""
+        from reasonloop.algos.estimators import get_estimator
+
+        return get_estimator(self.algorithm)
+
     def kl_estimator_or_default(self) -> str:
-        return self.kl_estimator or ("k1" if self.algorithm == "ppo" else "k3")
+        return self.kl_estimator or self.estimator().kl_estimator
+
+    def kl_in_or_default(self) -> str:
+        return self.kl_in or self.estimator().kl
 
 
 Stage = Annotated[Union[EvalStage, SftStage, RftStage, RlStage], Field(discriminator="kind")]

@@ -187,7 +187,7 @@ def test_ppo_reward_penalty_uses_the_configured_kl_estimator(estimator, kl_per_t
     from types import SimpleNamespace
 
     cfg = rl_cfg("ppo", kl_coef=0.1, kl_estimator=estimator, gamma=1.0, lam=1.0, whiten_advantages=False)
-    loop = SimpleNamespace(cfg=cfg, device=torch.device("cpu"))
+    loop = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), estimator=cfg.estimator(), kl_in=cfg.kl_in_or_default())
     mask = torch.tensor([[1.0, 1.0]])
     old = {"logp": torch.tensor([[-1.0, -2.0]]), "values": torch.zeros(1, 2)}
     _, returns = RLLoop._advantages(loop, SimpleNamespace(rewards=torch.tensor([1.0])), old,

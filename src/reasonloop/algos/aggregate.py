@@ -30,6 +30,12 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
     return masked_sum(values, mask, dim) / count.clamp(min=1).to(values.dtype)
 
 
+def aggregate_denominator(mask: torch.Tensor, mode: str = "token_mean", norm_const: float | None = None) -> float:
+    """What ``aggregate`` divides by for ``mask`` [B, T]: kept tokens, sequences with a kept token, or
+    B * norm_const. A process's share of a distributed batch is its denominator over the global one."""
+    return float(aggregate_parts(torch.zeros(mask.shape), mask, mode, norm_const)[1])
+
+
 def aggregate_parts(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
                     norm_const: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``aggregate`` as (numerator, denominator): summed over the micro-batches of one optimizer step

@@ -22,10 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from reasonloop import dist
-from reasonloop.algos.advantages import gae, group_advantages, leave_one_out, whiten, zero_variance_groups
-from reasonloop.algos.aggregate import aggregate, masked_mean
+from reasonloop.algos.advantages import zero_variance_groups
+from reasonloop.algos.aggregate import aggregate_denominator, masked_mean
+from reasonloop.algos.estimators import AdvantageInput
 from reasonloop.algos.kl import kl_penalty
-from reasonloop.algos.policy import clipped_policy_loss, clipped_value_loss
+from reasonloop.algos.rl_loss import rl_loss
 from reasonloop.checkpoint import find_checkpoint, load_trainer_state, load_weights_into, save_checkpoint, set_rng_state
 from reasonloop.errors import UserError
 from reasonloop.generate.base import SamplingParams
@@ -49,6 +50,7 @@ class RLLoop:
         self.task_cfg, self.engine, self.reward_fn = task_cfg, engine, reward_fn
         self.ref_model, self.value_head, self.curriculum = ref_model, value_head, curriculum
         self.store, self.stage, self.ckpt_dir = store, stage, ckpt_dir
+        self.estimator, self.kl_in = cfg.estimator(), cfg.kl_in_or_default()
         self.device = next(policy.parameters()).device
         self.bf16 = resolve_dtype("auto", self.device) == torch.bfloat16
         self.params = [p for p in policy.parameters() if p.requires_grad]
@@ -155,23 +157,22 @@ class RLLoop:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _advantages(self, rollout, old, ref_logp, mask):
-        cfg, G = self.cfg, self.cfg.group_size
-        if cfg.algorithm == "grpo":
-            return group_advantages(rollout.rewards, G, scale_std=cfg.scale_std).to(self.device), None
-        if cfg.algorithm == "rloo":
-            return leave_one_out(rollout.rewards, G).to(self.device), None
-        token_rewards = last_token_scores(rollout.rewards.to(self.device), mask)  # [N, L]
-        if ref_logp is not None:  # ReFT: per-token KL penalty folded into the reward
-            kl = kl_penalty(old["logp"], ref_logp, cfg.kl_estimator_or_default())  # [N, L]
-            token_rewards = token_rewards - cfg.kl_coef * kl * mask
-        adv, returns = gae(token_rewards, old["values"], mask, cfg.gamma, cfg.lam)
-        return (whiten(adv, mask) if cfg.whiten_advantages else adv), returns
+        """The registered estimator's advantages [N] or [N, L] (and returns, with a value head)."""
+        cfg, est = self.cfg, self.estimator
+        token_rewards = None
+        if est.value_head:  # per-token rewards: the score on the last token ...
+            token_rewards = last_token_scores(rollout.rewards.to(self.device), mask)  # [N, L]
+            if ref_logp is not None and self.kl_in == "reward":  # ... minus the KL penalty on every token
+                kl = kl_penalty(old["logp"], ref_logp, cfg.kl_estimator_or_default())  # [N, L]
+                token_rewards = token_rewards - cfg.kl_coef * kl * mask
+        inp = AdvantageInput(rewards=rollout.rewards.to(self.device), group_size=cfg.group_size, mask=mask,
+                             token_rewards=token_rewards, values=old["values"] if est.value_head else None)
+        return est.fn(inp, **{name: getattr(cfg, name) for name in est.settings})
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        cfg = self.cfg
-        ppo = cfg.algorithm == "ppo"
-        need_old = ppo or cfg.epochs > 1 or cfg.minibatches > 1
-        old = self._no_grad_stats(self.policy, rollout, cfg.minibatches, values=ppo) if need_old else None
+        cfg, value_head = self.cfg, self.estimator.value_head
+        need_old = value_head or cfg.epochs > 1 or cfg.minibatches > 1
+        old = self._no_grad_stats(self.policy, rollout, cfg.minibatches, values=value_head) if need_old else None
         ref_logp = None
         if cfg.kl_coef > 0:
             lora_ref = self.ref_model is None
@@ -202,27 +203,23 @@ class RLLoop:
         with self._autocast():
             cur = policy_stats(self.policy, batch, cfg.decoding.temperature, with_entropy=True,
                                value_head=self.value_head)
+        norm = float(cfg.decoding.max_new_tokens)  # seq_sum_norm's constant (Dr. GRPO)
         old_logp = old["logp"][rows, :L] if old is not None else cur["logp"].detach()
         a = adv[rows] if adv.dim() == 1 else adv[rows, :L]
-        norm = float(cfg.decoding.max_new_tokens)
-        loss, pm = clipped_policy_loss(cur["logp"], old_logp, a, mask, cfg.clip_low, cfg.clip_high,
-                                       mode=cfg.aggregate, norm_const=norm)
-        metrics = {"policy_loss": loss.item(), "clip_frac": pm["clip_frac"].item(),
-                   "entropy": masked_mean(cur["entropy"], mask).item()}
-        if ref_logp is not None:
-            kl = kl_penalty(cur["logp"], ref_logp[rows, :L], cfg.kl_estimator_or_default())  # [S, L]
-            metrics["kl"] = masked_mean(kl, mask).item()
-            if cfg.algorithm != "ppo":  # GRPO / RLOO: KL as a loss term; PPO has it in the reward
-                loss = loss + cfg.kl_coef * aggregate(kl, mask, cfg.aggregate, norm)
-        if cfg.algorithm == "ppo":
-            vl, vm = clipped_value_loss(cur["values"], old["values"][rows, :L], returns[rows, :L], mask,
-                                        cfg.value_clip, mode=cfg.aggregate, norm_const=norm)
-            loss = loss + cfg.vf_coef * vl
-            metrics.update(value_loss=vl.item(), vf_clip_frac=vm["vf_clip_frac"].item())
+        kl = kl_penalty(cur["logp"], ref_logp[rows, :L], cfg.kl_estimator_or_default()) \
+            if ref_logp is not None else None  # [S, L]
+        value_parts = {}
+        if self.estimator.value_head:
+            value_parts = dict(values=cur["values"], old_values=old["values"][rows, :L], returns=returns[rows, :L],
+                               value_clip=cfg.value_clip, vf_coef=cfg.vf_coef)
+        loss, parts = rl_loss(cur["logp"], old_logp, a, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                              mode=cfg.aggregate, norm_const=norm, kl=kl,
+                              kl_coef=cfg.kl_coef if self.kl_in == "loss" else 0.0, **value_parts)
+        metrics = {k: v.item() for k, v in parts.items()}
+        metrics["entropy"] = masked_mean(cur["entropy"], mask).item()
         # Each rank's loss is a mean over its rows; weighted by its share of the global count and summed
         # over ranks (sync_gradients) it is the loss of the whole minibatch, as in one process.
-        counts = {"token_mean": lambda: mask.sum().item(), "seq_mean": lambda: mask.any(1).sum().item()}
-        part = dist.share(counts.get(cfg.aggregate, lambda: len(rows))()) if dist.active() else 1.0
+        part = dist.share(aggregate_denominator(mask, cfg.aggregate, norm)) if dist.active() else 1.0
         (loss * part).backward()
         dist.sync_gradients(self.params)
         metrics["loss"] = loss.item()
@@ -306,7 +303,7 @@ class RLLoop:
         cfg = self.cfg
         if rollout is None:
             return False
-        if cfg.algorithm == "ppo" or cfg.kl_coef > 0 or cfg.group_size == 1:
+        if not self.estimator.groups or (cfg.kl_coef > 0 and self.kl_in == "loss"):
             return True
         return not bool(zero_variance_groups(rollout.rewards, cfg.group_size).all())
 
@@ -387,7 +384,7 @@ def run(ctx, cfg, name: str) -> dict:
         ref_model, _ = load_model(_reference_ref(ctx, cfg), dtype=recipe.model.dtype)
         ref_model.requires_grad_(False)
     value_head = None
-    if cfg.algorithm == "ppo":
+    if cfg.estimator().value_head:
         torch.manual_seed(cfg.seed)
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(next(policy.parameters()).device)
         torch.nn.init.zeros_(value_head.weight)
