@@ -44,6 +44,6 @@ def test_gold_programs_earn_full_reward_in_the_sandbox():
     pot = to_pot_problems(problems + [Problem(id="x", question="q", answer="4", reasoning="no math")])
     assert [p.id for p in pot] == ["0", "1"]
     assert pot[0].reasoning == pot_response(gsm8k_to_program(NATALIA))
-    assert pot[0].reasoning.startswith("```python\n# Natalia") and pot[0].meta["format"] == "pot"
+    assert pot[0].reasoning.startswith("```python\n# Natalia")
     assert pot_reward([p.reasoning for p in pot], pot) == [1.0, 1.0]
     assert "```python" in POT_INSTRUCTION

@@ -5,44 +5,15 @@ Decoding settings are stored with every number; every sample goes to the run sto
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from reasonloop.generate import make_engine
-from reasonloop.generate.base import SamplingParams
 from reasonloop.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
+from reasonloop.stages.rollout import Judged, prompts_for, sample_and_judge, sampling_params
 from reasonloop.tasks.base import Problem
-from reasonloop.tasks.prompt import encode_prompt, prompt_text
-from reasonloop.verify.judge import canonical_answer, judge
+from reasonloop.verify.judge import canonical_answer
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Judged:
-    problem: Problem
-    texts: list[str]
-    tokens: list[int]
-    answers: list[str | None]
-    correct: list[bool]
-
-
-def sample_and_judge(engine, tokenizer, problems: list[Problem], task_cfg, params: SamplingParams,
-                     progress: bool = True, prompts: list[str] | None = None) -> list[Judged]:
-    """Generate `params.n` completions per problem and judge each once against the gold answer."""
-    prompts = prompts or [prompt_text(tokenizer, p.question, task_cfg.prompt, task_cfg.answer_format)
-                          for p in problems]
-    outputs = engine.generate([encode_prompt(tokenizer, t) for t in prompts], params, progress=progress)
-    flat_texts = [s.text for samples in outputs for s in samples]
-    flat_problems = [p for p, samples in zip(problems, outputs) for _ in samples]
-    verdicts = iter(judge(flat_texts, flat_problems, task_cfg))  # one call: programs run in parallel
-    judged = []
-    for problem, samples in zip(problems, outputs):
-        mine = [next(verdicts) for _ in samples]
-        judged.append(Judged(problem=problem, texts=[s.text for s in samples],
-                             tokens=[len(s.token_ids) for s in samples], answers=[v.answer for v in mine],
-                             correct=[v.correct for v in mine]))
-    return judged
 
 
 def majority_is_correct(answers: list[str | None], correct: list[bool]) -> bool:
@@ -67,10 +38,10 @@ def evaluate(model, tokenizer, problems: list[Problem], task_cfg, cfg, store=Non
     """Evaluate `model` on `problems` with an EvalStage config; return the summary dict."""
     problems = problems[: cfg.limit] if cfg.limit else problems
     engine = engine or make_engine(model, tokenizer, max_batch=cfg.batch_size, progress=progress)
-    prompts = [prompt_text(tokenizer, p.question, task_cfg.prompt, task_cfg.answer_format) for p in problems]
+    prompts = prompts_for(tokenizer, [p.question for p in problems], task_cfg)
     dec = cfg.decoding
-    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=dec.max_new_tokens, stop=tuple(dec.stop))
-    judged = sample_and_judge(engine, tokenizer, problems, task_cfg, greedy, progress, prompts)
+    judged = sample_and_judge(engine, tokenizer, problems, task_cfg, sampling_params(dec, 1, greedy=True), progress,
+                              prompts)
     hits = sum(j.correct[0] for j in judged)
     result = {"top1": hits / len(judged), "top1_ci95": list(wilson_interval(hits, len(judged))),
               "n": len(judged), "mean_tokens": sum(j.tokens[0] for j in judged) / len(judged),
@@ -89,9 +60,7 @@ def _sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store,
     n, k, dec = cfg.n or cfg.k, cfg.k, cfg.decoding
     maj, pas, pass_rates = [], [], {p.id: [] for p in problems}
     for seed in range(cfg.seeds):
-        params = SamplingParams(n=n, temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k,
-                                min_p=dec.min_p, max_new_tokens=dec.max_new_tokens, stop=tuple(dec.stop),
-                                seed=seed)
+        params = sampling_params(dec, n, seed)
         judged = sample_and_judge(engine, tokenizer, problems, task_cfg, params, progress, prompts)
         maj_hits = 0
         for j in judged:

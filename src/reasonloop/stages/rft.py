@@ -29,7 +29,7 @@ import torch
 from reasonloop import dist
 from reasonloop.algos.paths import star_hint_prompt
 from reasonloop.errors import UserError
-from reasonloop.generate.base import SamplingParams
+from reasonloop.stages.rollout import prompts_for, sample_and_judge, sampling_params
 from reasonloop.stages.rft_data import (allocate_samples, gold_is_checkable, load_jsonl, read_sample_file,
                                         select_paths, summarise, training_question, write_jsonl_atomic)
 from reasonloop.tasks import train_subset
@@ -42,11 +42,6 @@ log = logging.getLogger(__name__)
 def _seed(*parts: int | str) -> int:
     """A stable seed per (stage seed, round, call, ...): every sampling call draws fresh samples."""
     return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
-
-
-def _params(dec, n: int, seed: int) -> SamplingParams:
-    return SamplingParams(n=n, temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k, min_p=dec.min_p,
-                          max_new_tokens=dec.max_new_tokens, stop=tuple(dec.stop), seed=seed)
 
 
 class _Sampler:
@@ -70,13 +65,10 @@ class _Sampler:
     def draw(self, problems: list[Problem], n: int, seed: int, source: str, r: int,
              questions: list[str] | None = None) -> list[dict]:
         """``n`` judged samples per problem; ``questions`` replace the problems' own (STaR hints)."""
-        from reasonloop.stages.evaluate import sample_and_judge
-
         task_cfg = self.ctx.recipe.task
-        prompts = None if questions is None else [
-            prompt_text(self.tok, q, task_cfg.prompt, task_cfg.answer_format) for q in questions]
-        judged = sample_and_judge(self.engine, self.tok, problems, task_cfg, _params(self.cfg.decoding, n, seed),
-                                  self.ctx.progress, prompts)
+        prompts = None if questions is None else prompts_for(self.tok, questions, task_cfg)
+        judged = sample_and_judge(self.engine, self.tok, problems, task_cfg,
+                                  sampling_params(self.cfg.decoding, n, seed), self.ctx.progress, prompts)
         eos = self.tok.eos_token or ""
         rows = []
         for i, j in enumerate(judged):

@@ -29,14 +29,13 @@ from reasonloop.algos.kl import kl_penalty
 from reasonloop.algos.rl_loss import rl_loss
 from reasonloop.checkpoint import find_checkpoint, load_trainer_state, load_weights_into, save_checkpoint, set_rng_state
 from reasonloop.errors import UserError
-from reasonloop.generate.base import SamplingParams
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
+from reasonloop.stages.rollout import generate_judged, sampling_params
 from reasonloop.stages.rl_batch import Rollout, last_token_scores, pack_rollout, policy_stats, row_mask
 from reasonloop.stages.sft_data import shuffled_order
 from reasonloop.tasks import train_subset
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
-from reasonloop.verify.judge import judge
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +78,20 @@ class RLLoop:
         return self._prompt_cache[i]
 
     def _sample(self, indices: list[int], attempt: int) -> Rollout:
-        cfg, dec = self.cfg, self.cfg.decoding
-        params = SamplingParams(n=cfg.group_size, temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k,
-                                min_p=dec.min_p, max_new_tokens=dec.max_new_tokens, stop=tuple(dec.stop),
-                                seed=cfg.seed * 1_000_003 + self.state["step"] * 101 + attempt)
+        cfg = self.cfg
+        params = sampling_params(cfg.decoding, cfg.group_size,
+                                 seed=cfg.seed * 1_000_003 + self.state["step"] * 101 + attempt)
         prompts = [self._prompt_ids(i) for i in indices]
-        outs = self.engine.generate(prompts, params, progress=False)
-        rows = [(i, p, s) for i, p, group in zip(indices, prompts, outs) for s in group]
-        problems = [self.problems[i] for i, _, _ in rows]
-        texts = [s.text for _, _, s in rows]
-        verdicts = judge(texts, problems, self.task_cfg)  # once: rewards and accuracy share it
+        groups = generate_judged(self.engine, prompts, [self.problems[i] for i in indices], self.task_cfg, params,
+                                 progress=False)
+        rows = [(i, p, s, v) for i, p, group in zip(indices, prompts, groups) for s, v in group]
+        problems = [self.problems[i] for i, _, _, _ in rows]
+        texts = [s.text for _, _, s, _ in rows]
+        verdicts = [v for _, _, _, v in rows]  # judged once: rewards and accuracy share them
         rewards = self._rewards(texts, problems, verdicts)
-        correct = [v.correct for v in verdicts]
-        return Rollout(problems, [i for i, _, _ in rows], [p for _, p, _ in rows], [s.token_ids for _, _, s in rows],
-                       texts, [s.finish_reason for _, _, s in rows], torch.tensor(rewards, dtype=torch.float32),
-                       correct)
+        return Rollout(problems, [i for i, _, _, _ in rows], [p for _, p, _, _ in rows],
+                       [s.token_ids for _, _, s, _ in rows], texts, [s.finish_reason for _, _, s, _ in rows],
+                       torch.tensor(rewards, dtype=torch.float32), [v.correct for v in verdicts])
 
     def _rewards(self, texts, problems, verdicts) -> list[float]:
         """A reward function that raises or returns NaN stops the stage, after a checkpoint."""

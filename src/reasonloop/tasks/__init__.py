@@ -78,8 +78,7 @@ def load_task(cfg) -> TaskData:
     if cfg.answer_format == "program":
         from reasonloop.tasks.pot import to_pot_problems
 
-        # Training problems carry gold programs; every problem is judged by running the program.
+        # Training problems carry gold programs; the judge runs every completion's program
+        # (reasonloop.verify.judge reads task.answer_format, the one program-of-thought flag).
         train = to_pot_problems(train)
-        for p in test:
-            p.meta["format"] = "pot"
     return TaskData(train, test)

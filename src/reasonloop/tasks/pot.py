@@ -92,5 +92,5 @@ def to_pot_problems(problems: list[Problem]) -> list[Problem]:
         program = gsm8k_to_program(f"{p.reasoning}\n#### {p.answer}") if p.reasoning else None
         if program is not None:
             out.append(Problem(id=p.id, question=p.question, answer=p.answer, reasoning=pot_response(program),
-                               difficulty=p.difficulty, source=p.source, meta=dict(p.meta, format="pot")))
+                               difficulty=p.difficulty, source=p.source, meta=dict(p.meta)))
     return out

@@ -1,0 +1,62 @@
+"""The one way every stage samples and judges: decoding settings -> engine -> one verdict per sample.
+
+Evaluation, RFT and RL all come through here, so a fix to sampling settings or judging reaches every
+stage at once (DESIGN.md: "One way to sample and judge").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from reasonloop.generate.base import Sample, SamplingParams
+from reasonloop.tasks.base import Problem
+from reasonloop.tasks.prompt import encode_prompt, prompt_text
+from reasonloop.verify.judge import Verdict, judge
+
+
+def sampling_params(decoding, n: int, seed: int = 0, greedy: bool = False) -> SamplingParams:
+    """A recipe's `Decoding` section as engine settings; ``greedy`` keeps only its length and stops."""
+    if greedy:
+        return SamplingParams(n=n, temperature=0.0, max_new_tokens=decoding.max_new_tokens,
+                              stop=tuple(decoding.stop), seed=seed)
+    return SamplingParams(n=n, temperature=decoding.temperature, top_p=decoding.top_p, top_k=decoding.top_k,
+                          min_p=decoding.min_p, max_new_tokens=decoding.max_new_tokens,
+                          stop=tuple(decoding.stop), seed=seed)
+
+
+def prompts_for(tokenizer, questions: list[str], task_cfg) -> list[str]:
+    """Chat prompts (text) for questions, as the task's prompt settings build them."""
+    return [prompt_text(tokenizer, q, task_cfg.prompt, task_cfg.answer_format) for q in questions]
+
+
+def generate_judged(engine, prompt_ids: list[list[int]], problems: list[Problem], task_cfg,
+                    params: SamplingParams, progress: bool = True) -> list[list[tuple[Sample, Verdict]]]:
+    """``params.n`` samples per prompt, each judged once against its problem (all in one judge call, so
+    program-of-thought programs run in parallel), grouped per prompt."""
+    outputs = engine.generate(prompt_ids, params, progress=progress)
+    verdicts = iter(judge([s.text for group in outputs for s in group],
+                          [p for p, group in zip(problems, outputs) for _ in group], task_cfg))
+    return [[(s, next(verdicts)) for s in group] for group in outputs]
+
+
+@dataclasses.dataclass
+class Judged:
+    """One problem's samples and their verdicts."""
+
+    problem: Problem
+    texts: list[str]
+    tokens: list[int]
+    answers: list[str | None]
+    correct: list[bool]
+
+
+def sample_and_judge(engine, tokenizer, problems: list[Problem], task_cfg, params: SamplingParams,
+                     progress: bool = True, prompts: list[str] | None = None) -> list[Judged]:
+    """Generate ``params.n`` completions per problem (from ``prompts`` if given, else the problems' own
+    questions) and judge each once against the gold answer."""
+    prompts = prompts or prompts_for(tokenizer, [p.question for p in problems], task_cfg)
+    groups = generate_judged(engine, [encode_prompt(tokenizer, t) for t in prompts], problems, task_cfg,
+                             params, progress)
+    return [Judged(problem=p, texts=[s.text for s, _ in g], tokens=[len(s.token_ids) for s, _ in g],
+                   answers=[v.answer for _, v in g], correct=[v.correct for _, v in g])
+            for p, g in zip(problems, groups)]
