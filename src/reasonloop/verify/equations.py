@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from reasonloop.verify.arithmetic import evaluate
+
 _ANNOTATION = re.compile(r"<<([^<>]*?=[^<>]*?)>>")
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?|\.\d+%?"
 # "x" is multiplication only when a number follows ("3 x 4", "5 boxes x 6").
@@ -126,70 +128,6 @@ def extract_equations(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- arithmetic
-
-
-class _Parser:
-    """Recursive descent over ``+ - * / ( )``, unary minus and numbers with optional ``%``."""
-
-    _TOKEN = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)%?|[-+*/()]")
-
-    def __init__(self, text: str):
-        self.tokens = self._TOKEN.findall(text)
-        if "".join(self.tokens) != text:
-            raise ValueError(f"not arithmetic: {text!r}")
-        self.pos = 0
-
-    def parse(self) -> Fraction:
-        value = self._sum()
-        if self.pos != len(self.tokens):
-            raise ValueError("trailing tokens")
-        return value
-
-    def _peek(self) -> str | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    def _take(self) -> str:
-        if self.pos >= len(self.tokens):
-            raise ValueError("unexpected end")
-        self.pos += 1
-        return self.tokens[self.pos - 1]
-
-    def _sum(self) -> Fraction:
-        value = self._product()
-        while self._peek() in ("+", "-"):
-            value = value + self._product() if self._take() == "+" else value - self._product()
-        return value
-
-    def _product(self) -> Fraction:
-        value = self._factor()
-        while self._peek() in ("*", "/"):
-            value = value * self._factor() if self._take() == "*" else value / self._factor()
-        return value
-
-    def _factor(self) -> Fraction:
-        token = self._take()
-        if token == "-":
-            return -self._factor()
-        if token == "+":
-            return self._factor()
-        if token == "(":
-            value = self._sum()
-            if self._take() != ")":
-                raise ValueError("unbalanced parenthesis")
-            return value
-        if token[0].isdigit() or token[0] == ".":
-            if token.endswith("%"):
-                return Fraction(token[:-1]) / 100
-            return Fraction(token)
-        raise ValueError(f"unexpected {token!r}")
-
-
-def evaluate(expression: str) -> Fraction:
-    """Exact value of a normalised arithmetic expression; ValueError when it is not one.
-
-    ZeroDivisionError propagates.
-    """
-    return _Parser(expression).parse()
 
 
 def _close(a: Fraction, b: Fraction, rel_tol: float) -> bool:
