@@ -38,7 +38,7 @@ def tiny_recipe(tmp_path, model_dir, **over) -> Path:
              "optim": {"lr": 1e-2}},
             {"kind": "eval", "name": "after_sft", "limit": 8, "k": 2, "decoding": {"max_new_tokens": 8}},
             {"kind": "rl", "name": "grpo", "steps": 3, "prompts_per_step": 2, "group_size": 2, "save_every": 1,
-             "decoding": {"max_new_tokens": 8}, "optim": {"lr": 1e-3}},
+             "decoding": {"max_new_tokens": 8}, "optim": {"lr": 1e-3}, "eval_every": 2, "eval_limit": 4},
             {"kind": "eval", "name": "after_rl", "limit": 8, "k": 0, "decoding": {"max_new_tokens": 8}},
         ],
         "run": {"progress": False},
@@ -68,13 +68,15 @@ def test_pipeline_writes_summary_report_and_outputs(tmp_path, tiny_model_dir):
     greedy_only = summary["stages"][3]["eval"]  # after_rl has k=0: maj_k is there, as null
     assert set(greedy_only) >= {"top1", "top1_ci95", "n", "maj_k", "mean_tokens"} and greedy_only["maj_k"] is None
     assert (tmp_path / "run" / "stages" / "grpo" / "model" / "config.json").is_file()
+    from reasonloop.runs.store import RunStore
+
+    curve = RunStore(tmp_path / "run" / "store.sqlite").metrics("grpo", "eval_top1")  # RL's learning curve
+    assert [step for step, _ in curve] == [2] and 0.0 <= curve[0][1] <= 1.0
     html = (tmp_path / "run" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "http://" not in html and "https://" not in html
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert saved["stages"][1]["optim"]["lr"] == 1e-2
     # completed stages are not redone
-    from reasonloop.runs.store import RunStore
-
     before = [(s["started"], s["finished"]) for s in RunStore(tmp_path / "run" / "store.sqlite").stages()]
     again = run_pipeline(recipe, tmp_path / "run", progress=False)
     after = [(s["started"], s["finished"]) for s in RunStore(tmp_path / "run" / "store.sqlite").stages()]

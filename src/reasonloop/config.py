@@ -367,6 +367,11 @@ class RlStage(StageBase):
     """Which problems come next (METHODS.md §4)."""
     save_every: int = Field(5, ge=1)
     """Checkpoint every N steps."""
+    eval_every: int = Field(0, ge=0)
+    """Evaluate greedily on the first `eval_limit` held-out problems every N steps and log `eval_top1`
+    (the report plots it): a learning curve without extra runs (0: off)."""
+    eval_limit: int = Field(100, ge=1)
+    """Held-out problems for periodic evaluation."""
     limit: int | None = None
     """Use only the first N training questions."""
     skip: int = Field(0, ge=0)

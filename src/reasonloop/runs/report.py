@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from reasonloop.runs.store import RunStore  # noqa: E402
 
-CURVE_KEYS = ("loss", "reward_mean", "accuracy", "kl", "entropy", "response_tokens", "lr", "tokens_per_s")
+CURVE_KEYS = ("loss", "reward_mean", "accuracy", "eval_top1", "flat_share", "kl", "entropy", "response_tokens", "lr",
+              "tokens_per_s")
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}img{max-width:100%}.ok{color:#176d2c}.bad{color:#a11}

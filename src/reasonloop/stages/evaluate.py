@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from reasonloop.generate import make_engine
 from reasonloop.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
 from reasonloop.stages.rollout import Judged, prompts_for, sample_and_judge, sampling_params
@@ -95,3 +97,25 @@ def run(ctx, cfg, name: str) -> dict:
     log.info("%s: top-1 %.3f [%.3f, %.3f] on %d problems", name, result["top1"], *result["top1_ci95"],
              result["n"])
     return result
+
+
+def periodic_eval(ctx, model, tokenizer, cfg, engine=None):
+    """A training stage's learning curve: greedy top-1 on the first ``cfg.eval_limit`` held-out problems
+    (the same slice every time), as a function of the step; None when ``cfg.eval_every`` is 0. ``engine``:
+    one that already serves the model's current weights (RL's rollout engine), else one is built per call."""
+    if not cfg.eval_every:
+        return None
+    from reasonloop.config import EvalStage
+
+    eval_cfg = EvalStage(kind="eval", limit=cfg.eval_limit, k=0, decoding=getattr(cfg, "decoding", None) or {})
+
+    def run_eval(step: int) -> float:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            top1 = evaluate(model, tokenizer, ctx.task.test, ctx.recipe.task, eval_cfg, engine=engine,
+                            progress=False)["top1"]
+        model.train(was_training)
+        return top1
+
+    return run_eval

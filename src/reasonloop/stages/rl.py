@@ -44,11 +44,11 @@ class RLLoop:
     """The state one RL stage carries between steps; `step()` is the loop body."""
 
     def __init__(self, policy, tokenizer, problems, cfg, *, task_cfg, engine, reward_fn, ref_model=None,
-                 value_head=None, curriculum=None, store=None, stage="rl", ckpt_dir=None):
+                 value_head=None, curriculum=None, store=None, stage="rl", ckpt_dir=None, eval_fn=None):
         self.policy, self.tok, self.problems, self.cfg = policy, tokenizer, problems, cfg
         self.task_cfg, self.engine, self.reward_fn = task_cfg, engine, reward_fn
         self.ref_model, self.value_head, self.curriculum = ref_model, value_head, curriculum
-        self.store, self.stage, self.ckpt_dir = store, stage, ckpt_dir
+        self.store, self.stage, self.ckpt_dir, self.eval_fn = store, stage, ckpt_dir, eval_fn
         self.estimator, self.kl_in = cfg.estimator(), cfg.kl_in_or_default()
         self.device = next(policy.parameters()).device
         self.bf16 = resolve_dtype("auto", self.device) == torch.bfloat16
@@ -342,6 +342,8 @@ def train_rl(loop: RLLoop, progress: bool = True) -> dict:
     while loop.state["step"] < cfg.steps:
         last = loop.step()
         done = loop.state["step"]
+        if loop.eval_fn is not None and done % cfg.eval_every == 0:
+            last["eval_top1"] = loop.eval_fn(done)
         if loop.store is not None and dist.is_main():
             loop.store.log_metrics(loop.stage, done, last)
         if done % cfg.save_every == 0 or done == cfg.steps:
@@ -371,6 +373,7 @@ def run(ctx, cfg, name: str) -> dict:
     from reasonloop.curriculum import estimate_difficulty, make_curriculum
     from reasonloop.generate import make_engine
     from reasonloop.models import load_model, save_hf_folder
+    from reasonloop.stages.evaluate import periodic_eval
     from reasonloop.verify.rewards import build_reward
 
     recipe, task_cfg = ctx.recipe, ctx.recipe.task
@@ -401,6 +404,7 @@ def run(ctx, cfg, name: str) -> dict:
     loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn,
                   ref_model=ref_model, value_head=value_head, curriculum=curriculum, store=ctx.store, stage=name,
                   ckpt_dir=ctx.stage_dir(name) / "checkpoint")
+    loop.eval_fn = periodic_eval(ctx, policy, tok, cfg, engine=engine)
     result = train_rl(loop, ctx.progress)
     out = ctx.stage_dir(name) / "model"
     if dist.is_main():

@@ -26,6 +26,7 @@ from reasonloop.checkpoint import (find_checkpoint, load_trainer_state, load_wei
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.packing import backbone_and_head, pack_sequences, packed_hidden, plan_microbatches
+from reasonloop.stages.evaluate import periodic_eval
 from reasonloop.stages.sft_data import Example, masked_thought, shuffled_order
 from reasonloop.tasks import train_subset
 
@@ -223,25 +224,9 @@ def run(ctx, cfg, name: str) -> dict:
         ref_model, _ = load_model(model_ref, dtype=ctx.recipe.model.dtype)
     result = train_sft(model, tok, examples, cfg, store=ctx.store, stage=name,
                        ckpt_dir=ctx.stage_dir(name) / "checkpoint", ref_model=ref_model,
-                       progress=ctx.progress, eval_fn=_periodic_eval(ctx, model, tok, cfg, name))
+                       progress=ctx.progress, eval_fn=periodic_eval(ctx, model, tok, cfg))
     out = ctx.stage_dir(name) / "model"
     if dist.is_main():
         save_hf_folder(model, tok, out)
     dist.barrier()
     return {**result, "model": str(out)}
-
-
-def _periodic_eval(ctx, model, tok, cfg, name):
-    if not cfg.eval_every:
-        return None
-    from reasonloop.config import EvalStage
-    from reasonloop.stages.evaluate import evaluate
-
-    eval_cfg = EvalStage(kind="eval", limit=cfg.eval_limit, k=0)
-
-    def run_eval(step: int) -> float:
-        model.eval()
-        with torch.no_grad():
-            return evaluate(model, tok, ctx.task.test, ctx.recipe.task, eval_cfg, progress=False)["top1"]
-
-    return run_eval
