@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench/results/generate.json"))
     args = parser.parse_args()
 
-    from reasonloop.generate.torch_engine import eos_ids
+    from reasonloop.generate.bookkeeping import eos_ids
     from reasonloop.models import load_model, resolve_dtype
 
     dtype = resolve_dtype("auto")

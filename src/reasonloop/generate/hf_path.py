@@ -11,19 +11,18 @@ import inspect
 
 import torch
 
+from reasonloop.generate.bookkeeping import Seq
 from reasonloop.generate.sampling import sample_tokens
 
 
 def generate_waves(model, prompts, params, max_batch, finisher, generator, bar, device) -> list:
-    from reasonloop.generate.torch_engine import _Seq
-
     work = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
     done: list = []
     was_training = model.training
     model.eval()  # no dropout while sampling
     try:
         for start in range(0, len(work), max_batch):
-            seqs = [_Seq(i, j, pos=len(prompts[i])) for i, j in work[start:start + max_batch]]
+            seqs = [Seq(i, j, pos=len(prompts[i])) for i, j in work[start:start + max_batch]]
             done += _wave(model, [prompts[s.prompt_index] for s in seqs], seqs, params, finisher,
                           generator, bar, device)
     finally:

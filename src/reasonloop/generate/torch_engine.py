@@ -9,28 +9,15 @@ architectures use the HF forward in waves (``hf_path``).
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import torch
 
 from reasonloop.errors import UserError
-from reasonloop.generate.base import FinishReason, Sample, SamplingParams
-from reasonloop.generate.llama_fast import LlamaFast, supports_fast_path, unwrap
+from reasonloop.generate.base import Sample, SamplingParams
+from reasonloop.generate.bookkeeping import Finisher, Progress, Seq, eos_ids
+from reasonloop.generate.llama_fast import LlamaFast, supports_fast_path
 from reasonloop.generate.sampling import check_params, sample_tokens
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    """Every id that ends a sequence: the tokenizer's EOS and the generation config's (int or list)."""
-    ids: set[int] = set()
-    for value in (getattr(tokenizer, "eos_token_id", None),
-                  getattr(getattr(unwrap(model), "generation_config", None), "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif value:
-            ids.update(int(v) for v in value)
-    return ids
 
 
 def common_prefix_len(prompts: list[list[int]]) -> int:
@@ -40,71 +27,6 @@ def common_prefix_len(prompts: list[list[int]]) -> int:
     while length < limit and all(p[length] == first[length] for p in prompts):
         length += 1
     return length
-
-
-@dataclass
-class _Seq:
-    prompt_index: int
-    sample_index: int
-    pos: int  # tokens already in the KV cache (prompt + generated, minus the last sampled token)
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    finish: FinishReason | None = None
-
-
-class Finisher:
-    """Decides when a sequence ends (EOS / stop string / length) and builds its ``Sample``."""
-
-    def __init__(self, tokenizer, eos: set[int], params: SamplingParams):
-        self.tokenizer, self.eos, self.params = tokenizer, eos, params
-        # A stop string spans at most this many trailing tokens (a token decodes to >= 1 char, and
-        # byte-fallback pieces need a few extra), so only the tail is decoded each step.
-        self.tail = max((len(s) for s in params.stop), default=0) + 8
-
-    def check(self, seq: _Seq) -> None:
-        token = seq.tokens[-1]
-        if token in self.eos:
-            seq.finish = "eos"
-        elif self.params.stop and any(s in self.tokenizer.decode(seq.tokens[-self.tail:])
-                                      for s in self.params.stop):
-            seq.finish = "stop"
-        elif len(seq.tokens) >= self.params.max_new_tokens:
-            seq.finish = "length"
-
-    def sample(self, seq: _Seq) -> Sample:
-        text = self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
-        if seq.finish == "stop":
-            cuts = [text.find(s) for s in self.params.stop if s in text]
-            text = text[:min(cuts)] if cuts else text
-        return Sample(prompt_index=seq.prompt_index, token_ids=list(seq.tokens),
-                      logprobs=list(seq.logprobs), finish_reason=seq.finish, text=text)
-
-
-class Progress:
-    """tqdm bar: samples done, useful tokens/s. A no-op when disabled."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        self.tokens, self.start, self.last = 0, time.perf_counter(), 0.0
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, unit="sample", desc="generate", dynamic_ncols=True)
-
-    def update(self, samples: int, tokens: int) -> None:
-        self.tokens += tokens
-        if self.bar is None:
-            return
-        self.bar.update(samples)
-        now = time.perf_counter()
-        if now - self.last > 0.5:
-            self.bar.set_postfix_str(f"{self.tokens / max(now - self.start, 1e-9):.0f} tok/s")
-            self.last = now
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):.0f} tok/s")
-            self.bar.close()
 
 
 class TorchEngine:
@@ -159,7 +81,7 @@ class TorchEngine:
         return out
 
     # ------------------------------------------------------------------ fast path
-    def _generate_fast(self, prompts, params, finisher, generator, bar) -> list[_Seq]:
+    def _generate_fast(self, prompts, params, finisher, generator, bar) -> list[Seq]:
         fast = self.fast
         if fast.stale():
             fast.load(self.model)
@@ -168,8 +90,8 @@ class TorchEngine:
         queue = deque((i, 0) for i in range(len(prompts)))  # (prompt index, next sample index)
         saved: dict[int, tuple] = {}  # prompt index -> ((k, v), logits) while samples are still queued
         prefix = self._shared_prefix(prompts)
-        active: list[_Seq] = []  # active[j] lives in cache slot j
-        done: list[_Seq] = []
+        active: list[Seq] = []  # active[j] lives in cache slot j
+        done: list[Seq] = []
         while active or queue:
             self._admit(prompts, params, queue, saved, prefix, active, slots, generator, finisher)
             active = self._retire(active, done, bar)
@@ -217,7 +139,7 @@ class TorchEngine:
             elif prefix is not None:
                 fast.restore(prefix, slot)
             placed.append([index, sample, slot, take, logits])
-            active.extend(_Seq(index, sample + j, pos=length) for j in range(take))
+            active.extend(Seq(index, sample + j, pos=length) for j in range(take))
             if sample + take < params.n:  # its remaining samples wait for free slots
                 queue.appendleft((index, sample + take))
         self._prefill(prompts, [p for p in placed if p[4] is None], prefix)
@@ -252,7 +174,7 @@ class TorchEngine:
                     e[4] = row
                 chunk = []
 
-    def _retire(self, active: list[_Seq], done: list[_Seq], bar) -> list[_Seq]:
+    def _retire(self, active: list[Seq], done: list[Seq], bar) -> list[Seq]:
         """Move finished sequences out; compact the rest into slots 0..B'-1 (copying their KV down)."""
         if all(s.finish is None for s in active):
             return active

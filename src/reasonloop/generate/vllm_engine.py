@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reasonloop.generate.base import Sample, SamplingParams
 from reasonloop.generate.sampling import check_params
-from reasonloop.generate.torch_engine import eos_ids
+from reasonloop.generate.bookkeeping import eos_ids
 
 
 def merged_state(model):
