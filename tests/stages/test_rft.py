@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from reasonloop.algos.paths import HINT_PREFIX, star_hint_prompt
+from reasonloop.stages.rft_paths import HINT_PREFIX, star_hint_prompt
 from reasonloop.config import Recipe, RftStage, TaskConfig
 from reasonloop.errors import UserError
 from reasonloop.pipeline import RunContext, run_pipeline

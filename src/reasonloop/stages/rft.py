@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from reasonloop import dist
-from reasonloop.algos.paths import star_hint_prompt
+from reasonloop.stages.rft_paths import star_hint_prompt
 from reasonloop.errors import UserError
 from reasonloop.stages.rollout import prompts_for, sample_and_judge, sampling_params
 from reasonloop.stages.rft_data import (allocate_samples, gold_is_checkable, load_jsonl, read_sample_file,

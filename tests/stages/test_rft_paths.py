@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from reasonloop.algos.paths import (
+from reasonloop.stages.rft_paths import (
     dart_allocation,
     dedup_key,
     levenshtein,
