@@ -42,13 +42,18 @@ def live_sandbox_processes():
 
 
 @pytest.fixture
-def sandbox_leaves_nothing():
-    """After each test: no sandbox process alive, no scratch folder left, our environment untouched, and
-    the caller can still run programs."""
+def sandbox_leaves_nothing(tmp_path_factory):
+    """After each test: no sandbox process alive, nothing left in the temporary folder (a private one, so
+    that other users of this machine's /tmp do not count), our environment untouched, and the caller can
+    still run programs."""
+    private_tmp, host_tmp = tmp_path_factory.mktemp("tempdir"), tempfile.tempdir
+    tempfile.tempdir = str(private_tmp)  # by hand: the test's own monkeypatch must be undone before our checks
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    scratch = set(glob.glob(os.path.join(tempfile.gettempdir(), "reasonloop-sandbox-*")))
-    yield
+    try:
+        yield
+    finally:
+        tempfile.tempdir = host_tmp
     assert sandbox_processes() == []
-    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "reasonloop-sandbox-*"))) <= scratch
+    assert list(private_tmp.iterdir()) == []  # e.g. no scratch folder
     assert {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} == env
     assert sandbox.run_program("print(6 * 7)").stdout == "42\n"

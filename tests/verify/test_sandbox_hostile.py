@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from reasonloop.verify.sandbox import MAX_PROGRAM_BYTES, STATUS_LIMIT, SandboxUnavailable, run_program
-from reasonloop.verify.sandbox_child import stdlib_unreadable
+from reasonloop.verify.sandbox_root import stdlib_unreadable
 
 pytestmark = pytest.mark.usefixtures("sandbox_leaves_nothing")
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="makes other users, ptys and user namespaces: root only")
@@ -204,23 +204,23 @@ for name in ("uid_map", "gid_map"):
 os.write(go_w, b"x")
 sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
-CONTAINER_CALLER = """import glob, json, os, tempfile
+CONTAINER_CALLER = """import json, os, tempfile
 from reasonloop.verify.sandbox import SandboxUnavailable, run_program
-pattern = os.path.join(tempfile.gettempdir(), "reasonloop-sandbox-*")
-before = set(glob.glob(pattern))
 try:
     r = run_program("import os\\nprint(6 * 7, os.getuid())")
     out = {"ok": r.ok, "stdout": r.stdout, "isolation": r.isolation}
 except SandboxUnavailable as err:
     out = {"refused": str(err)}
-out["leaked"] = sorted(set(glob.glob(pattern)) - before)
+out["leaked"] = os.listdir(tempfile.gettempdir())  # a private, empty TMPDIR before
 print(json.dumps(out))
 """
 
 
 def _in_a_rootless_container(max_namespaces: str = "") -> tuple[dict, str]:
+    private_tmp = tempfile.mkdtemp()  # the fixture's private temporary folder
     proc = subprocess.run([sys.executable, "-c", IN_A_ROOTLESS_CONTAINER, max_namespaces, CONTAINER_CALLER],
-                          capture_output=True, env={"PYTHONPATH": SRC}, timeout=120)
+                          capture_output=True, env={"PYTHONPATH": SRC, "TMPDIR": private_tmp}, timeout=120)
+    os.rmdir(private_tmp)  # fails if anything was left in it
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout), proc.stderr.decode()
 
@@ -253,6 +253,39 @@ def test_unreadable_standard_library_is_named(tmp_path):
     assert stdlib_unreadable(str(tmp_path)) is None
 
 
+@needs_root
+@pytest.mark.parametrize("home", ["~", "/tmp"])
+def test_stdlib_behind_a_symlink(home):
+    """A Python whose stdlib folder is a symlink into /usr imports it by the link's path, so that path must
+    exist inside. Under /tmp it cannot (each program's /tmp is its own): a one-line refusal instead."""
+    system = "/usr/bin/python3"
+    if not os.path.exists(system):
+        pytest.skip("needs a system Python in /usr/bin")
+    real = os.path.realpath(system)
+    stdlib = subprocess.run([real, "-I", "-S", "-c", "import os; print(os.path.dirname(os.__file__))"],
+                            capture_output=True, text=True).stdout.strip()
+    prefix = Path(tempfile.mkdtemp(prefix="reasonloop-python-", dir=os.path.expanduser(home)))
+    try:
+        (prefix / "bin").mkdir()
+        (prefix / "lib").mkdir()
+        os.link(real, prefix / "bin" / os.path.basename(real))  # a hard link: Python finds its prefix here
+        os.symlink(stdlib, prefix / "lib" / os.path.basename(stdlib))
+        script = ("from reasonloop.verify.sandbox import SandboxUnavailable, run_program\ntry:\n"
+                  "    r = run_program('import typing\\nprint(typing.__file__)')\n    print(r.ok, r.stdout.strip(), r.detail)\n"
+                  "except SandboxUnavailable as err:\n    print('refused:', err)")
+        out = subprocess.run([str(prefix / "bin" / os.path.basename(real)), "-c", script], capture_output=True,
+                             text=True, env={"PYTHONPATH": SRC}, timeout=60)
+    finally:
+        shutil.rmtree(prefix)
+    inside = f"{prefix}/lib/{os.path.basename(stdlib)}"
+    if home == "~":
+        assert (out.stdout, out.stderr) == (f"True {inside}/typing.py \n", "")
+    else:
+        assert out.stdout == (f"refused: sandbox: cannot isolate programs on this machine (the Python standard "
+                              f"library {inside} is under /tmp, which each program gets an empty, private copy of: "
+                              "use a Python installed elsewhere). No program is run without isolation.\n"), out.stderr
+
+
 def test_stdlib_imports_work_inside():
     # This machine's Python lives under /root (0700): the program's uid cannot traverse it on the host.
     r = run_program("import typing, dataclasses, json, enum, textwrap, fcntl\nprint(dataclasses.is_dataclass(1))")
@@ -261,7 +294,7 @@ def test_stdlib_imports_work_inside():
 
 def test_private_tmp_run_and_home():
     markers = []
-    for folder in (tempfile.gettempdir(), "/run", os.path.expanduser("~"), "/var/tmp"):
+    for folder in ("/tmp", "/run", os.path.expanduser("~"), "/var/tmp"):
         path = os.path.join(folder, f"reasonloop-private-{os.getpid()}")
         try:
             Path(path).write_text("host secret")
@@ -285,7 +318,7 @@ def test_private_tmp_run_and_home():
 
 
 def test_host_unix_sockets_are_unreachable(tmp_path):
-    path = os.path.join(tempfile.gettempdir(), f"reasonloop-sock-{os.getpid()}")
+    path = f"/tmp/reasonloop-sock-{os.getpid()}"  # the host's /tmp, like /tmp/.X11-unix
     listeners = []
     for address in (path, f"\0reasonloop-sock-{os.getpid()}"):  # a file in the host's /tmp; abstract
         s = socket.socket(socket.AF_UNIX)

@@ -315,8 +315,9 @@ def run_program(code: str, timeout_s: float = 5.0, memory_mb: int = 512, max_out
         _release_slot(slot)
     records = _records(control)
     if "refused" in records:
-        raise SandboxUnavailable(f"sandbox: cannot isolate programs on this machine ({records['refused']}); "
-                                 f"{_HINT}. No program is run without isolation.")
+        hint = f"; {_HINT}" if records.get("kernel", True) else ""
+        raise SandboxUnavailable(f"sandbox: cannot isolate programs on this machine ({records['refused']}){hint}. "
+                                 "No program is run without isolation.")
     return _result(out, err, _records(status), records, problem, timeout_s, max_output, time.perf_counter() - t0)
 
 

@@ -4,7 +4,7 @@ Run as a script with `python -I -S -B` by reasonloop.verify.sandbox (spawn mode:
 fork-server mode: `--serve SOCKET`), so it imports only the stdlib. See sandbox.py for what each layer does.
 
 Processes: the launcher (trusted) starts a new session, unshares its namespaces, builds the program's root
-filesystem, then forks the program process, which is PID 1 of the new PID namespace. The launcher's fds
+filesystem (sandbox_root.py), then forks the program process, which is PID 1 of the new PID namespace. The launcher's fds
 are 1/2 the program's stdout/stderr, 3 the program's status records (untrusted: the program can write
 anything there) and 4 the control socket to the caller, which the program closes before its code runs.
 On control the caller sends the framed request and, to stop the program, shuts its side down; the
@@ -24,11 +24,14 @@ import struct
 import sys
 import traceback
 
+if __name__ == "__main__":  # run as a script with python -I -S, whose folder is not on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import sandbox_root as root
+    del sys.path[0]
+else:
+    from reasonloop.verify import sandbox_root as root
+
 NEWNS, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET = 0x20000, 0x4000000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
-# Flags a bind remount must repeat: inside a user namespace the kernel refuses to clear them ("locked").
-_MS_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": 1024, "nodiratime": 2048,
-             "relatime": 1 << 21, "strictatime": 1 << 24}
 UID_BASE = 1_900_000_000  # far above any real account; uid = base + (parent pid % 100000) * 256 + slot
 STATUS_FD, CONTROL_FD = 3, 4
 MAX_PROGRAM_BYTES = 1 << 20  # a program's UTF-8 source; larger ones are refused before anything starts
@@ -39,19 +42,16 @@ FORBIDDEN_ERRNOS = {1, 11, 13, 30, 97, 100, 101, 111}  # EPERM EAGAIN EACCES ERO
 PRELOAD = ("math", "cmath", "fractions", "decimal", "statistics", "itertools", "functools", "collections",
            "operator", "re", "string", "random", "datetime", "heapq", "bisect", "numbers", "copy",
            "encodings.idna")  # idna: socket.getaddrinfo, so a connection attempt ends "forbidden"
-# The program's root filesystem holds only these (read-only), the interpreter's standard library, a few
-# devices, a fresh /proc and a private /tmp: no host /tmp, /run, /home, /root, /dev/tty or /dev/pts.
-SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/localtime")
-DEVICES = ("null", "zero", "full", "random", "urandom")
-PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217, "i686": 217, "armv7l": 218}
 
 
 class SandboxViolation(PermissionError):
     """Raised by the audit hook inside the sandbox."""
 
 
-class Refused(Exception):
-    """This machine cannot give the program its isolation; the message names the step that failed."""
+def _refusal(exc: BaseException) -> dict:
+    kernel = getattr(exc, "kernel", True)  # OSError from /proc/self/uid_map, setuid, setrlimit: the kernel
+    return {"refused": str(exc) if isinstance(exc, (root.Refused, OSError)) else f"{type(exc).__name__}: {exc}",
+            "kernel": kernel}
 
 
 _BLOCKED_EVENTS = ("os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
@@ -69,13 +69,6 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        import ctypes
-
-        raise Refused(f"{what}: {os.strerror(ctypes.get_errno())}")
-
-
 def _control(record: dict) -> None:
     try:
         os.write(CONTROL_FD, (json.dumps(record) + "\n").encode())
@@ -89,104 +82,16 @@ def _unshare(libc, cfg: dict, applied: list[str]) -> None:
         cfg["userns"] = True  # root without CAP_SYS_ADMIN: a user namespace may still be allowed
     if cfg["userns"]:
         uid, gid = os.getuid(), os.getgid()
-        _check(libc.unshare(flags | NEWUSER), "unshare(user, mount, pid, net, ipc, uts namespaces)")
+        root.check(libc.unshare(flags | NEWUSER), "unshare(user, mount, pid, net, ipc, uts namespaces)")
         for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:  # become root of the new namespace, to mount
-                f.write(text)
+            try:
+                with open(f"/proc/self/{name}", "w") as f:  # become root of the new namespace, to mount
+                    f.write(text)
+            except OSError as exc:
+                raise root.Refused(f"writing /proc/self/{name}: {exc.strerror}") from None
         applied.append("user")
     applied.extend(("mount", "pid", "net", "ipc", "uts"))
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making mounts private")
-
-
-def _root_sources() -> tuple[list[tuple[str, str]], list[tuple[str, int]]]:
-    """Symlinks to recreate and (path, O_PATH fd) to bind: the system paths and the stdlib (``sys.path``
-    of this ``-I -S`` interpreter). Opened before the staging tmpfs can hide them (e.g. a Python in /tmp)."""
-    links, binds, covered = [], [], []
-    for path in SYSTEM_PATHS + tuple(sys.path):
-        real = os.path.realpath(path)
-        if os.path.islink(path) and path in SYSTEM_PATHS:  # e.g. /bin -> usr/bin, /etc/localtime
-            links.append((path, os.readlink(path)))
-        elif os.path.exists(path) and not any(real == c or real.startswith(c + "/") for c in covered):
-            binds.append((path, os.open(path, os.O_PATH | os.O_CLOEXEC)))
-            covered.append(real)
-    return links, binds
-
-
-def stdlib_unreadable(directory: str) -> str | None:
-    """Why a program run as another uid could not import the standard library in ``directory``; None if it can."""
-    for path, need in ((directory, 0o005), (os.path.join(directory, "os.py"), 0o004)):
-        mode = os.stat(path).st_mode & 0o777
-        if mode & need != need:
-            return (f"the Python standard library {directory} is not readable by other users (mode {oct(mode)}), "
-                    f"so programs run as an unprivileged uid could not import it: chmod -R o+rX {directory}, "
-                    "or use another Python")
-    return None
-
-
-def _mount_point(path: str, directory: bool) -> None:
-    os.makedirs(path if directory else os.path.dirname(path), 0o755, exist_ok=True)
-    if not directory:
-        open(path, "w").close()
-
-
-def _make_root(libc, cfg: dict, applied: list[str]) -> None:
-    """Build the program's root filesystem under a staging tmpfs (entered by the program: ``_enter_root``)."""
-    unreadable = None if cfg["userns"] else stdlib_unreadable(os.path.dirname(os.__file__))
-    if unreadable:
-        raise Refused(unreadable)
-    links, binds = _root_sources()
-    stage = next(d for d in ("/tmp", "/mnt", "/var/tmp", "/srv", "/opt") if os.path.isdir(d))
-    cfg["stage"] = stage
-    _check(libc.mount(b"tmpfs", stage.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=0755"),
-           "mounting the root tmpfs")
-    links += [("/dev/fd", "/proc/self/fd")] + [(f"/dev/{n}", f"/proc/self/fd/{i}")
-                                               for i, n in enumerate(("stdin", "stdout", "stderr"))]
-    for path, target in links:
-        os.makedirs(os.path.dirname(stage + path), 0o755, exist_ok=True)
-        os.symlink(target, stage + path)
-    sources = [(path, f"/proc/self/fd/{fd}") for path, fd in binds] + [(f"/dev/{n}", f"/dev/{n}") for n in DEVICES]
-    for path, source in sources:
-        _mount_point(stage + path, os.path.isdir(source))
-        _check(libc.mount(source.encode(), (stage + path).encode(), None, MS_BIND | MS_REC, None), f"binding {path}")
-    for _, fd in binds:
-        os.close(fd)
-    for name in ("proc", "tmp"):
-        os.mkdir(f"{stage}/{name}", 0o755)
-    owner = "" if cfg["userns"] else f",uid={cfg['uid']},gid={cfg['uid']}"
-    _check(libc.mount(b"tmpfs", f"{stage}/tmp".encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                      f"size={cfg['scratch_mb']}m,mode=0700{owner}".encode()), "mounting the /tmp tmpfs")
-    _remount_readonly(libc, stage, keep={f"{stage}/tmp"} | {f"{stage}/dev/{n}" for n in DEVICES})
-    applied.extend(("root", "tmpfs"))
-
-
-def _remount_readonly(libc, stage: str, keep: set[str]) -> None:
-    """The staging tmpfs and every mount under it but ``keep``: read-only, nosuid, nodev (keeping locked flags)."""
-    _check(libc.mount(None, stage.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                      None), "read-only remount of the root tmpfs")
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split() for line in f]
-    for fields in mounts:
-        target = fields[4].encode().decode("unicode_escape")
-        if target in keep or not target.startswith(stage + "/"):
-            continue
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV
-        for opt in fields[5].split(","):
-            flags |= _MS_FLAGS.get(opt, 0)
-        _check(libc.mount(None, target.encode(), None, flags, None), f"read-only remount of {target[len(stage):]}")
-
-
-def _enter_root(libc, cfg: dict, applied: list[str]) -> None:
-    """In the program process (PID 1 of its namespace): mount its /proc, pivot into the built root."""
-    stage = cfg["stage"]
-    if libc.mount(b"proc", f"{stage}/proc".encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0:
-        applied.append("proc")  # refused e.g. where the host's /proc is partly covered; then there is none
-    number = PIVOT_ROOT.get(os.uname().machine)
-    if number is None:
-        raise Refused(f"pivot_root: unknown system call number on {os.uname().machine}")
-    os.chdir(stage)
-    _check(libc.syscall(number, b".", b"."), "pivot_root")
-    _check(libc.umount2(b".", 2), "detaching the host's root")  # MNT_DETACH
-    os.chdir("/tmp")
+    root.check(libc.mount(None, b"/", None, root.MS_REC | root.MS_PRIVATE, None), "making mounts private")
 
 
 def _restrict_self(cfg: dict, applied: list[str], life_fd: int) -> None:
@@ -198,7 +103,7 @@ def _restrict_self(cfg: dict, applied: list[str], life_fd: int) -> None:
     for name in PRELOAD:
         __import__(name)
     libc = _libc()
-    _enter_root(libc, cfg, applied)
+    root.enter_root(libc, cfg, applied)
     cpu = max(1, int(cfg["timeout_s"] + 0.999))
     mem = cfg["memory_mb"] * 2**20
     for res, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (mem, mem)),
@@ -207,16 +112,19 @@ def _restrict_self(cfg: dict, applied: list[str], life_fd: int) -> None:
         resource.setrlimit(res, value)
     applied.append("rlimits")
     if not cfg["userns"]:
-        os.setgroups([])
-        os.setgid(cfg["uid"])
-        os.setuid(cfg["uid"])
+        try:
+            os.setgroups([])
+            os.setgid(cfg["uid"])
+            os.setuid(cfg["uid"])
+        except OSError as exc:
+            raise root.Refused(f"switching to uid {cfg['uid']}: {exc.strerror}") from None
         applied.append("uid")
     else:  # root of our own user namespace: uid 0 must never regain capabilities, then drop them all
-        _check(libc.prctl(28, 3, 0, 0, 0), "PR_SET_SECUREBITS")  # SECBIT_NOROOT | SECBIT_NOROOT_LOCKED
+        root.check(libc.prctl(28, 3, 0, 0, 0), "PR_SET_SECUREBITS")  # SECBIT_NOROOT | SECBIT_NOROOT_LOCKED
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # capset v3 header, two empty data words
-        _check(libc.capset(header, (ctypes.c_uint32 * 6)()), "dropping capabilities")
+        root.check(libc.capset(header, (ctypes.c_uint32 * 6)()), "dropping capabilities")
         applied.append("nocaps")
-    _check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")  # no setuid binaries, no regained caps on exec
+    root.check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")  # no setuid binaries, no regained caps on exec
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG (after setuid, which clears it)
     if select.select([life_fd], [], [], 0)[0]:
         os._exit(70)  # EOF on the life pipe: the launcher died before PDEATHSIG was armed
@@ -249,7 +157,7 @@ def _run_program_process(code: str, cfg: dict, applied: list[str], life_fd: int)
     try:
         _restrict_self(cfg, applied, life_fd)
     except BaseException as exc:  # noqa: BLE001 - any setup failure means no isolation: refuse
-        _control({"refused": str(exc) if isinstance(exc, Refused) else f"{type(exc).__name__}: {exc}"})
+        _control(_refusal(exc))
         os._exit(0)
     _control({"started": ",".join(applied)})
     os.close(CONTROL_FD)  # the program never holds the caller's control channel
@@ -322,7 +230,7 @@ def launch(out: int, err: int, status: int, control: int) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg_size, code_size = FRAME.unpack(_read_exactly(CONTROL_FD, FRAME.size))
     if cfg_size > MAX_CONFIG_BYTES or code_size > MAX_PROGRAM_BYTES:
-        _control({"refused": f"request of {cfg_size} + {code_size} bytes is over the limit"})
+        _control({"refused": f"request of {cfg_size} + {code_size} bytes is over the limit", "kernel": False})
         os._exit(0)
     cfg = json.loads(_read_exactly(CONTROL_FD, cfg_size))
     code = _read_exactly(CONTROL_FD, code_size).decode("utf-8", "surrogatepass")
@@ -332,9 +240,9 @@ def launch(out: int, err: int, status: int, control: int) -> None:
     try:
         libc = _libc()
         _unshare(libc, cfg, applied)
-        _make_root(libc, cfg, applied)
-    except (Refused, OSError) as exc:
-        _control({"refused": str(exc)})
+        root.make_root(libc, cfg, applied)
+    except (root.Refused, OSError) as exc:
+        _control(_refusal(exc))
         os._exit(0)
     child_exited, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake)
@@ -357,6 +265,7 @@ def _fork_server(sock: socket.socket) -> None:
     """Fork server loop: per request (one byte, four fds), fork a launcher; reply one byte (+ its pidfd)."""
     for name in PRELOAD + ("ctypes", "resource", "fcntl"):  # once here instead of per program
         __import__(name)
+    root.root_layout()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller's Ctrl-C is the caller's; we exit on EOF
     while True:
