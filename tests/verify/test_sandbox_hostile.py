@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from reasonloop.verify.sandbox import MAX_PROGRAM_BYTES, STATUS_LIMIT, SandboxUnavailable, run_program
+from reasonloop.verify.sandbox import MAX_PROGRAM_BYTES, UID_BASE, SandboxUnavailable, run_program
 from reasonloop.verify.sandbox_root import stdlib_unreadable
 
 pytestmark = pytest.mark.usefixtures("sandbox_leaves_nothing")
@@ -368,14 +368,53 @@ def test_timeout_holds_whatever_the_program_writes():
 
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
-@pytest.mark.parametrize("how", ["timeout", "output"])
+@pytest.mark.parametrize("how", ["timeout", "output", "closed"])
 def test_nothing_outlives_the_call(mode, how, live_sandbox_processes):
-    # The program clears its parent-death signal, so only killing its PID namespace stops it.
-    end = "time.sleep(60)" if how == "timeout" else "while True:\n    print('x' * 1000)"
+    # The program clears its parent-death signal, so only killing its PID namespace stops it; "closed":
+    # it closes every channel it holds, then keeps running.
+    end = {"timeout": "time.sleep(60)", "output": "while True:\n    print('x' * 1000)",
+           "closed": "import os\nfor fd in (0, 1, 2, 3):\n    os.close(fd)\ntime.sleep(60)"}[how]
     code = LIBC + f"import time\nlibc.prctl(1, 0, 0, 0, 0)\nlibc.signal(15, 1)\n{end}"
     r = run_program(code, timeout_s=0.5, max_output=10_000, mode=mode)
-    assert r.error == ("timeout" if how == "timeout" else "output too large")
+    assert r.error == ("output too large" if how == "output" else "timeout")
     assert live_sandbox_processes() == []  # at once, not after a grace period
+
+
+DYING_CALLER = """import sys
+from reasonloop.verify.sandbox import run_program
+code = "import ctypes, time\\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\\nprint('running', flush=True)\\ntime.sleep(60)"
+run_program(code, timeout_s=60, mode=sys.argv[1])
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("mode", ["fork", "spawn"])
+def test_programs_die_with_their_caller(mode):
+    """A caller killed mid-run (an RL trainer crashing, say) takes its programs with it."""
+    caller = subprocess.Popen([sys.executable, "-c", DYING_CALLER, mode], env={"PYTHONPATH": SRC})
+    first_uid = UID_BASE + (caller.pid % 100_000) * 256
+
+    def programs() -> list[int]:
+        found = []
+        for path in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
+            except OSError:
+                continue
+            if first_uid <= int(fields["Uid"].split()[0]) < first_uid + 256 and fields["State"].strip()[0] not in "ZX":
+                found.append(int(path.parent.name))
+        return found
+
+    deadline = time.monotonic() + 30
+    while not programs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert programs(), "the program never started"
+    caller.kill()
+    caller.wait()
+    deadline = time.monotonic() + 5
+    while programs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert programs() == []
 
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
