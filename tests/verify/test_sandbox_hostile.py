@@ -438,3 +438,15 @@ def test_large_programs_leave_the_callers_stderr_clean():
               "print([run_program(c, timeout_s=t).error for c, t in ((big, 5), ('while True: pass', 0.5), (big, 5))])")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env={"PYTHONPATH": SRC}, timeout=120)
     assert (proc.stdout.decode(), proc.stderr.decode()) == ("[None, 'timeout', None]\n", "")
+
+
+def test_a_dead_fork_server_is_replaced(monkeypatch):
+    from reasonloop.verify import sandbox
+
+    assert run_program("print(1)").ok
+    dead = sandbox._server
+    dead.proc.kill()
+    dead.proc.wait()
+    monkeypatch.setattr(dead.proc, "poll", lambda: None)  # it died after the liveness check: the request fails
+    r = run_program("print(2)")
+    assert (r.ok, r.stdout) == (True, "2\n") and sandbox._server is not dead

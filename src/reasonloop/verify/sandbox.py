@@ -152,15 +152,24 @@ class _ForkServer:
 _server: _ForkServer | None = None
 
 
-def _start_forked(fds: list[int]):
+def _fork_server() -> _ForkServer:
     global _server
     with _lock:
         if _server is None or _server.owner != os.getpid() or _server.broken or _server.proc.poll() is not None:
             if _server is not None and _server.owner == os.getpid():
                 _server.sock.close()  # a dead or broken server: its replacement starts clean
             _server = _ForkServer()
-        server = _server
-    pidfd = server.start(fds)
+        return _server
+
+
+def _start_forked(fds: list[int]):
+    server = _fork_server()
+    try:
+        pidfd = server.start(fds)
+    except OSError:
+        if not server.broken:
+            raise
+        pidfd = _fork_server().start(fds)  # the server had died (e.g. killed for memory): once more, fresh
 
     def force_kill() -> None:  # only for a launcher stuck before it forked the program
         if pidfd is not None:
@@ -203,7 +212,10 @@ def _collect(out_r: int, err_r: int, status_r: int, control: socket.socket, time
             problem = "timeout"
         if problem is not None and stop_at is None:
             stop_at = now
-            control.shutdown(socket.SHUT_WR)
+            try:
+                control.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # the launcher is already gone
         if stop_at is not None and now >= stop_at + STOP_GRACE_S * (1 + forced):
             if forced:
                 _log.warning("sandbox: a launcher did not finish %.0f s after being killed", 2 * STOP_GRACE_S)
