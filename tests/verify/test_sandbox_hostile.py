@@ -181,6 +181,59 @@ def test_non_root_caller_keeps_its_processes_files_sockets_and_terminal():
     assert "/dev/tty closed" in results["tty"]["stdout"] and " open " not in results["tty"]["stdout"]
 
 
+# The caller holds a secret in its session keyring, which every process it starts inherits.
+KEYRING_CALLER = """import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+keyctl, add_key = {"x86_64": (250, 248), "aarch64": (219, 217)}[os.uname().machine]
+if libc.syscall(keyctl, 1, None) < 0:  # a session keyring of its own, not the test runner's
+    sys.exit(77)
+key = libc.syscall(add_key, b"user", b"reasonloop-secret", b"caller-secret", 13, ctypes.c_int(-3))
+from reasonloop.verify.sandbox import run_program
+code = ("import ctypes\\nlibc = ctypes.CDLL(None)\\nbuf = ctypes.create_string_buffer(64)\\n"
+        f"print(libc.syscall({keyctl}, 11, {key}, buf, 64), buf.value)\\nprint(open('/proc/keys').read())")
+print(json.dumps([run_program(code, mode=m).stdout for m in ("fork", "spawn")]))
+"""
+
+
+@needs_root
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="keyctl numbers for x86_64, aarch64")
+@pytest.mark.parametrize("uid", [0, NOBODY])
+def test_callers_keyring_is_out_of_reach(uid):
+    proc = subprocess.run([_python_for(uid), "-c", KEYRING_CALLER], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": SRC}, user=uid, group=uid, extra_groups=[])
+    if proc.returncode == 77:
+        pytest.skip("no keyrings here")
+    assert proc.returncode == 0, proc.stderr
+    for stdout in json.loads(proc.stdout):
+        assert "caller-secret" not in stdout and "reasonloop-secret" not in stdout, stdout
+
+
+def test_kernel_interfaces_a_program_does_not_need_are_refused():
+    from reasonloop.verify.sandbox_root import syscalls
+
+    numbers = syscalls()[1]
+    code = LIBC + "import errno, os\n" + "".join(
+        f"print({name!r}, libc.syscall({numbers[name]}, 0, 0, 0, 0, 0), errno.errorcode[ctypes.get_errno()])\n"
+        for name in ("keyctl", "add_key", "unshare", "setns", "mount", "ptrace", "bpf", "perf_event_open",
+                     "userfaultfd", "io_uring_setup", "open_tree", "fsopen"))
+    r = run_program(code + "print(os.getpid(), open('/dev/null').read() == '')")
+    lines = r.stdout.splitlines()
+    assert r.ok and all(line.endswith("-1 EPERM") for line in lines[:-1]) and lines[-1] == "1 True", r.stdout
+    assert "seccomp" in r.isolation
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="i386 system calls from x86_64 machine code")
+def test_other_system_call_abis_are_refused():
+    # keyctl(KEYCTL_GET_KEYRING_ID, session) through int 0x80, the i386 entry, whose numbers differ (288):
+    # push rbx; mov eax, 288; mov ebx, 0; mov ecx, -3; xor edx, edx; int 0x80; pop rbx; ret
+    machine_code = bytes.fromhex("53b820010000bb00000000b9fdffffff31d2cd805bc3")
+    code = LIBC + (f"import mmap\nm = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+                   f"m.write({machine_code!r})\nf = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof("
+                   "ctypes.c_char.from_buffer(m)))\nprint(f())")
+    r = run_program(code)
+    assert r.ok and r.stdout == "-38\n", r  # ENOSYS: no keyring id
+
+
 # uid 0 of a user namespace mapping only uids 0-65535, as in a rootless container; optionally with user
 # namespaces disabled inside it (``max_user_namespaces`` 0), as where unprivileged ones are turned off.
 IN_A_ROOTLESS_CONTAINER = """import ctypes, os, sys

@@ -76,6 +76,43 @@ def _control(record: dict) -> None:
         pass  # the caller is gone
 
 
+def _leave_keyrings(libc, applied: list[str]) -> None:
+    """Join a new, empty session keyring: the caller's is inherited, and whoever holds it may read its keys
+    (Kerberos tickets, filesystem keys) whatever their uid."""
+    import ctypes
+
+    if libc.syscall(root.syscalls()[1]["keyctl"], 1, None) < 0:  # KEYCTL_JOIN_SESSION_KEYRING, anonymous
+        if ctypes.get_errno() not in (1, 38):  # EPERM, ENOSYS: no keyrings here (e.g. a container's seccomp)
+            root.check(-1, "joining a new session keyring")
+        return
+    applied.append("keyring")
+
+
+def _deny_syscalls(libc, applied: list[str]) -> None:
+    """Install a seccomp filter: ``root.DENIED_SYSCALLS`` fail with EPERM, other ABIs (i386 or x32 on x86_64,
+    say, whose numbers differ) with ENOSYS, everything else is allowed. Needs NO_NEW_PRIVS first."""
+    import ctypes
+
+    class Instruction(ctypes.Structure):  # struct sock_filter
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):  # struct sock_fprog
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Instruction))]
+
+    arch, numbers = root.syscalls()
+    load, equal, at_least, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    denied = list(numbers.values())
+    n = len(denied)  # jumps are relative: deny is the last instruction, index 5 + n + 1
+    code = [(load, 0, 0, 4), (equal, 1, 0, arch), (ret, 0, 0, 0x00050026),  # seccomp_data.arch; else ENOSYS
+            (load, 0, 0, 0), (at_least, n + 1, 0, 0x40000000)]  # seccomp_data.nr; x32 numbers: deny
+    code += [(equal, n - i, 0, number) for i, number in enumerate(denied)]
+    code += [(ret, 0, 0, 0x7FFF0000), (ret, 0, 0, 0x00050001)]  # allow; deny with EPERM
+    instructions = (Instruction * len(code))(*code)
+    program = Program(len(code), instructions)
+    root.check(libc.prctl(22, 2, ctypes.byref(program), 0, 0), "installing the seccomp filter")  # SECCOMP_MODE_FILTER
+    applied.append("seccomp")
+
+
 def _unshare(libc, cfg: dict, applied: list[str]) -> None:
     flags = NEWNS | NEWNET | NEWPID | NEWIPC | NEWUTS
     if not cfg["userns"] and libc.unshare(flags) != 0:
@@ -125,6 +162,7 @@ def _restrict_self(cfg: dict, applied: list[str], life_fd: int) -> None:
         root.check(libc.capset(header, (ctypes.c_uint32 * 6)()), "dropping capabilities")
         applied.append("nocaps")
     root.check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")  # no setuid binaries, no regained caps on exec
+    _deny_syscalls(libc, applied)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG (after setuid, which clears it)
     if select.select([life_fd], [], [], 0)[0]:
         os._exit(70)  # EOF on the life pipe: the launcher died before PDEATHSIG was armed
@@ -239,6 +277,7 @@ def launch(out: int, err: int, status: int, control: int) -> None:
     applied = ["session"]
     try:
         libc = _libc()
+        _leave_keyrings(libc, applied)
         _unshare(libc, cfg, applied)
         root.make_root(libc, cfg, applied)
     except (root.Refused, OSError) as exc:

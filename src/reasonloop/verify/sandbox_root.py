@@ -18,7 +18,19 @@ _MS_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noati
 
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/localtime")
 DEVICES = ("null", "zero", "full", "random", "urandom")
-PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217, "i686": 217, "armv7l": 218}
+# System calls a program is refused (EPERM) by its seccomp filter: keyrings (on the non-root path the program
+# has the caller's uid, which may own readable keys) and namespace, mount, tracing and kernel interfaces no
+# program needs. Numbers from the kernel's unistd headers; riscv64 and aarch64 share the generic table.
+DENIED_SYSCALLS = ("keyctl", "add_key", "request_key", "unshare", "setns", "mount", "umount2", "pivot_root",
+                   "chroot", "ptrace", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "open_tree",
+                   "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr")
+_GENERIC = (219, 217, 218, 97, 268, 40, 39, 41, 51, 117, 280, 241, 282, 425, 428, 429, 430, 431, 432, 433, 442)
+SYSCALLS = {  # machine: (AUDIT_ARCH_*, numbers in DENIED_SYSCALLS order)
+    "x86_64": (0xC000003E, (250, 248, 249, 272, 308, 165, 166, 155, 161, 101, 321, 298, 323, 425, 428, 429, 430,
+                            431, 432, 433, 442)),
+    "aarch64": (0xC00000B7, _GENERIC),
+    "riscv64": (0xC00000F3, _GENERIC),
+}
 
 
 class Refused(Exception):
@@ -28,6 +40,15 @@ class Refused(Exception):
     def __init__(self, message: str, kernel: bool = True) -> None:
         super().__init__(message)
         self.kernel = kernel
+
+
+def syscalls() -> tuple[int, dict[str, int]]:
+    """(audit arch, number of each of ``DENIED_SYSCALLS``) for this machine."""
+    machine = os.uname().machine
+    if machine not in SYSCALLS:
+        raise Refused(f"no system call table for {machine} (known: {', '.join(SYSCALLS)})", kernel=False)
+    arch, numbers = SYSCALLS[machine]
+    return arch, dict(zip(DENIED_SYSCALLS, numbers))
 
 
 def check(ret: int, what: str) -> None:
@@ -142,10 +163,9 @@ def enter_root(libc, cfg: dict, applied: list[str]) -> None:
     stage = cfg["stage"]
     if libc.mount(b"proc", f"{stage}/proc".encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0:
         applied.append("proc")  # refused e.g. where the host's /proc is partly covered; then there is none
-    number = PIVOT_ROOT.get(os.uname().machine)
-    if number is None:
-        raise Refused(f"pivot_root: unknown system call number on {os.uname().machine}", kernel=False)
+        for name in ("keys", "key-users"):  # key names and owners of the uid's keyrings: nothing to see
+            check(libc.mount(b"/dev/null", f"{stage}/proc/{name}".encode(), None, MS_BIND, None), f"hiding /proc/{name}")
     os.chdir(stage)
-    check(libc.syscall(number, b".", b"."), "pivot_root")
+    check(libc.syscall(syscalls()[1]["pivot_root"], b".", b"."), "pivot_root")
     check(libc.umount2(b".", 2), "detaching the host's root")  # MNT_DETACH
     os.chdir("/tmp")
