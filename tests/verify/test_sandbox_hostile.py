@@ -296,6 +296,13 @@ def test_refuses_in_one_line_where_it_cannot_isolate():
     assert issubclass(SandboxUnavailable, __import__("reasonloop.errors").errors.UserError)  # CLI: one line, exit 2
 
 
+def test_refuses_off_linux(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(SandboxUnavailable, match=r"^sandbox: programs run only on Linux \(it needs Linux "
+                                                 r"namespaces\); this is darwin. No program is run without isolation.$"):
+        run_program("print(1)")
+
+
 def test_unreadable_standard_library_is_named(tmp_path):
     (tmp_path / "os.py").write_text("")
     os.chmod(tmp_path, 0o700)

@@ -14,7 +14,10 @@ and gets a fresh process:
   HOME). The host's /tmp, /run, /home, /root, Unix sockets and files are not there.
 - identity: as root, the program runs as an unprivileged uid of its own (one per parallel slot, so
   RLIMIT_NPROC, which root ignores, is enforced per program); otherwise it keeps the caller's uid inside
-  its user namespace with every capability dropped. No new privileges either way.
+  its user namespace with every capability dropped. No new privileges either way; a new, empty session
+  keyring (the caller's is not inherited).
+- system calls: a seccomp filter refuses keyrings, namespaces, mounts, ptrace, bpf, perf, userfaultfd and
+  io_uring (EPERM), and other system call ABIs (e.g. i386 ``int 0x80`` on x86_64).
 - rlimits: CPU time, address space, processes (1: no fork, no threads), file size, open files, core.
 - no inherited environment; stdout + stderr capped at ``max_output``, the status channel at
   ``STATUS_LIMIT``; wall-clock timeout. When the call returns, every process it started is gone: the
@@ -25,7 +28,8 @@ and gets a fresh process:
 Where the kernel refuses any of the isolating steps, ``run_program`` raises ``SandboxUnavailable`` (one
 line naming the step) and runs nothing. Two launch modes: ``spawn`` (a new interpreter per program) and
 ``fork`` (a fork server: one clean interpreter forks a fresh launcher per program; faster startup, same
-per-program isolation). The child side is sandbox_child.py, a stdlib-only launcher script.
+per-program isolation). The child side is sandbox_child.py, a stdlib-only launcher script (its root
+filesystem: sandbox_root.py). Linux only; x86_64, aarch64 and riscv64 (the seccomp filter's tables).
 """
 from __future__ import annotations
 
@@ -311,6 +315,9 @@ def run_program(code: str, timeout_s: float = 5.0, memory_mb: int = 512, max_out
                         ("scratch_mb", scratch_mb)):
         if not value > 0:
             raise ValueError(f"sandbox {name} must be > 0, got {value!r}")
+    if not sys.platform.startswith("linux"):
+        raise SandboxUnavailable(f"sandbox: programs run only on Linux (it needs Linux namespaces); this is "
+                                 f"{sys.platform}. No program is run without isolation.")
     source = code.encode("utf-8", "surrogatepass")
     if len(source) > MAX_PROGRAM_BYTES:
         return ProgramResult(ok=False, stdout="", error="program too large",

@@ -280,7 +280,7 @@ def launch(out: int, err: int, status: int, control: int) -> None:
         _leave_keyrings(libc, applied)
         _unshare(libc, cfg, applied)
         root.make_root(libc, cfg, applied)
-    except (root.Refused, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the program cannot be isolated: refuse
         _control(_refusal(exc))
         os._exit(0)
     child_exited, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
