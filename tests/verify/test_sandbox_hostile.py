@@ -53,7 +53,8 @@ from reasonloop.verify.sandbox import run_program
 
 def _python_for(uid: int) -> str:
     """An interpreter ``uid`` can run (this venv's may sit under root's 0700 home)."""
-    for exe in (sys.executable, getattr(sys, "_base_executable", ""), shutil.which("python3") or "", "/usr/bin/python3"):
+    candidates = (sys.executable, getattr(sys, "_base_executable", ""), shutil.which("python3"), "/usr/bin/python3")
+    for exe in candidates:
         try:
             if exe and subprocess.run([exe, "-c", "import socket; socket.send_fds"], user=uid, group=uid,
                                       extra_groups=[], capture_output=True).returncode == 0:
@@ -298,9 +299,10 @@ def test_refuses_in_one_line_where_it_cannot_isolate():
 
 def test_refuses_off_linux(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
-    with pytest.raises(SandboxUnavailable, match=r"^sandbox: programs run only on Linux \(it needs Linux "
-                                                 r"namespaces\); this is darwin. No program is run without isolation.$"):
+    with pytest.raises(SandboxUnavailable) as refused:
         run_program("print(1)")
+    assert str(refused.value) == ("sandbox: programs run only on Linux (it needs Linux namespaces); this is darwin. "
+                                  "No program is run without isolation.")
 
 
 def test_unreadable_standard_library_is_named(tmp_path):
@@ -331,7 +333,8 @@ def test_stdlib_behind_a_symlink(home):
         os.link(real, prefix / "bin" / os.path.basename(real))  # a hard link: Python finds its prefix here
         os.symlink(stdlib, prefix / "lib" / os.path.basename(stdlib))
         script = ("from reasonloop.verify.sandbox import SandboxUnavailable, run_program\ntry:\n"
-                  "    r = run_program('import typing\\nprint(typing.__file__)')\n    print(r.ok, r.stdout.strip(), r.detail)\n"
+                  "    r = run_program('import typing\\nprint(typing.__file__)')\n"
+                  "    print(r.ok, r.stdout.strip(), r.detail)\n"
                   "except SandboxUnavailable as err:\n    print('refused:', err)")
         out = subprocess.run([str(prefix / "bin" / os.path.basename(real)), "-c", script], capture_output=True,
                              text=True, env={"PYTHONPATH": SRC}, timeout=60)
@@ -390,8 +393,9 @@ def test_host_unix_sockets_are_unreachable(tmp_path):
         listeners.append(s)
     try:
         for address in (path, f"\0reasonloop-sock-{os.getpid()}"):
-            raw = LIBC + (f"import struct\nfd = libc.socket(1, 1, 0)\naddr = struct.pack('H108s', 1, {address.encode()!r})"
-                          f"\nprint('connect', libc.connect(fd, addr, 2 + {len(address)}))")
+            raw = LIBC + (f"import struct\nfd = libc.socket(1, 1, 0)\n"
+                          f"addr = struct.pack('H108s', 1, {address.encode()!r})\n"
+                          f"print('connect', libc.connect(fd, addr, 2 + {len(address)}))")
             r = run_program(raw)
             assert "connect 0" not in r.stdout, (address, r)
             r = run_program(f"import socket\nsocket.socket(socket.AF_UNIX).connect({address!r})")

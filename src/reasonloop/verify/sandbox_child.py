@@ -3,10 +3,11 @@
 Run as a script with `python -I -S -B` by reasonloop.verify.sandbox (spawn mode: `--launch STATUS CONTROL`,
 fork-server mode: `--serve SOCKET`), so it imports only the stdlib. See sandbox.py for what each layer does.
 
-Processes: the launcher (trusted) starts a new session, unshares its namespaces, builds the program's root
-filesystem (sandbox_root.py), then forks the program process, which is PID 1 of the new PID namespace. The launcher's fds
-are 1/2 the program's stdout/stderr, 3 the program's status records (untrusted: the program can write
-anything there) and 4 the control socket to the caller, which the program closes before its code runs.
+Processes: the launcher (trusted) starts a new session, unshares its namespaces, builds the program's
+root filesystem (sandbox_root.py), then forks the program process, PID 1 of the new PID namespace. The
+launcher's fds are 1/2 the program's stdout/stderr, 3 the program's status records (untrusted: the program
+can write anything there) and 4 the control socket to the caller, which the program closes before its
+code runs.
 On control the caller sends the framed request and, to stop the program, shuts its side down; the
 launcher sends ``started``, ``refused`` and ``exit`` records. The launcher reaps the program, and a PID
 namespace's init is only reaped once every process in it is gone, so its exit record means nothing the

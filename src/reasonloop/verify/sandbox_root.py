@@ -164,7 +164,8 @@ def enter_root(libc, cfg: dict, applied: list[str]) -> None:
     if libc.mount(b"proc", f"{stage}/proc".encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0:
         applied.append("proc")  # refused e.g. where the host's /proc is partly covered; then there is none
         for name in ("keys", "key-users"):  # key names and owners of the uid's keyrings: nothing to see
-            check(libc.mount(b"/dev/null", f"{stage}/proc/{name}".encode(), None, MS_BIND, None), f"hiding /proc/{name}")
+            target = f"{stage}/proc/{name}".encode()
+            check(libc.mount(b"/dev/null", target, None, MS_BIND, None), f"hiding /proc/{name}")
     os.chdir(stage)
     check(libc.syscall(syscalls()[1]["pivot_root"], b".", b"."), "pivot_root")
     check(libc.umount2(b".", 2), "detaching the host's root")  # MNT_DETACH
