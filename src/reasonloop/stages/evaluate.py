@@ -146,7 +146,7 @@ def run(ctx, cfg, name: str) -> dict:
     model_ref = ctx.resolve_model(cfg.init_from)
     model, tokenizer = load_model(model_ref, dtype=ctx.recipe.model.dtype)
     engine = make_engine(model, tokenizer, kind=ctx.recipe.run.engine, max_batch=cfg.batch_size,
-                         progress=ctx.progress)
+                         dtype=ctx.recipe.model.dtype, progress=ctx.progress)
     result = evaluate(model, tokenizer, ctx.task.test, ctx.recipe.task, cfg, ctx.store, name, engine,
                       ctx.progress)
     result["evaluated_model"] = str(model_ref)

@@ -44,13 +44,14 @@ class RLLoop:
     """The state one RL stage carries between steps; `step()` is the loop body."""
 
     def __init__(self, policy, tokenizer, problems, cfg, *, task_cfg, engine, reward_fn, ref_model=None,
-                 value_head=None, curriculum=None, store=None, stage="rl", ckpt_dir=None):
+                 value_head=None, curriculum=None, store=None, stage="rl", ckpt_dir=None, dtype: str = "auto"):
         self.policy, self.tok, self.problems, self.cfg = policy, tokenizer, problems, cfg
         self.task_cfg, self.engine, self.reward_fn = task_cfg, engine, reward_fn
         self.ref_model, self.value_head, self.curriculum = ref_model, value_head, curriculum
         self.store, self.stage, self.ckpt_dir = store, stage, ckpt_dir
         self.device = next(policy.parameters()).device
-        self.bf16 = resolve_dtype("auto", self.device) == torch.bfloat16
+        # The recipe's model.dtype, as the engine reads it: bf16 -> forward passes under bf16 autocast.
+        self.bf16 = resolve_dtype(dtype, self.device) == torch.bfloat16
         self.params = [p for p in policy.parameters() if p.requires_grad]
         if value_head is not None:
             self.params += list(value_head.parameters())
@@ -378,10 +379,10 @@ def run(ctx, cfg, name: str) -> dict:
     reward_fn = build_reward(cfg.reward, cfg.reward_weights, task_cfg.extract, task_cfg.numeric_tolerance,
                              answer_format=task_cfg.answer_format, where=f"stages[{index}].reward")
     engine = make_engine(policy, tok, kind=recipe.run.engine, max_batch=cfg.prompts_per_step * cfg.group_size,
-                         progress=False)
+                         dtype=recipe.model.dtype, progress=False)
     loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn,
                   ref_model=ref_model, value_head=value_head, curriculum=curriculum, store=ctx.store, stage=name,
-                  ckpt_dir=ctx.stage_dir(name) / "checkpoint")
+                  ckpt_dir=ctx.stage_dir(name) / "checkpoint", dtype=recipe.model.dtype)
     result = train_rl(loop, ctx.progress)
     out = ctx.stage_dir(name) / "model"
     if dist.is_main():
