@@ -1,4 +1,5 @@
-"""The evaluation stage: greedy top-1, maj@k, unbiased pass@k and response length, over seeds.
+"""The evaluation stage: greedy top-1, maj@k, unbiased pass@k, sampled accuracy and response length, over
+seeds; each eval after the first is paired, problem by problem, with the eval before it (runs/compare.py).
 
 Decoding settings are stored with every number; every sample goes to the run store.
 """
@@ -11,6 +12,7 @@ import logging
 from reasonloop.generate import make_engine
 from reasonloop.generate.base import SamplingParams
 from reasonloop.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
+from reasonloop.runs.compare import paired_with_previous
 from reasonloop.tasks.base import Problem
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
 from reasonloop.verify.equiv import answers_match
@@ -128,11 +130,16 @@ def _sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store,
         pas.append(sum(pass_at_k(n, sum(j.correct), k) for j in judged) / len(judged))
         if store is not None:
             store.add_samples(stage, step, _store_rows(judged, prompts, f"seed{seed}"))
+    rates = {pid: sum(v) / len(v) for pid, v in pass_rates.items()}  # share of all n x seeds samples right
     if store is not None:
-        store.set_problem_stats(stage, "pass_rate", {pid: sum(v) / len(v) for pid, v in pass_rates.items()})
+        store.set_problem_stats(stage, "pass_rate", rates)
     maj_mean, maj_ci = mean_interval(maj, bounds=(0.0, 1.0))
     pass_mean, pass_ci = mean_interval(pas, bounds=(0.0, 1.0))
+    # Sampled accuracy (pass@1 at the sampling temperature): the interval is over problems, the unit that
+    # varies most; samples of one problem are not independent draws.
+    sampled_mean, sampled_ci = mean_interval(list(rates.values()), bounds=(0.0, 1.0))
     return {"k": k, "samples_per_problem": n, "seeds": cfg.seeds,
+            "sampled_acc": sampled_mean, "sampled_acc_ci95": list(sampled_ci),
             "maj_k": maj_mean, "maj_k_ci95": list(maj_ci), "maj_k_per_seed": maj,
             "pass_k": pass_mean, "pass_k_ci95": list(pass_ci), "pass_k_per_seed": pas,
             "sampling": {"temperature": dec.temperature, "top_p": dec.top_p, "top_k": dec.top_k,
@@ -152,4 +159,9 @@ def run(ctx, cfg, name: str) -> dict:
     result["evaluated_model"] = str(model_ref)
     log.info("%s: top-1 %.3f [%.3f, %.3f] on %d problems", name, result["top1"], *result["top1_ci95"],
              result["n"])
+    result.update(paired_with_previous(ctx.store, ctx.recipe, name))
+    if "paired" in result:
+        pr = result["paired"]
+        log.info("%s vs %s: top-1 %+.3f [%.3f, %.3f] on %d problems, %d won, %d lost, McNemar p = %.3g", name,
+                 pr["vs"], pr["delta"], *pr["delta_ci95"], pr["n"], pr["wins"], pr["losses"], pr["p_value"])
     return result
