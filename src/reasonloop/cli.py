@@ -83,7 +83,7 @@ def _print_table(summary: dict) -> None:
     from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict
 
     print(f"\n{'stage':<12}{'kind':<6}{'top-1 [95% CI]':<24}{'vs previous eval [95% CI]':<28}{'won/lost':<10}"
-          f"{'p':<9}{'':<17}{'sampled':<9}{'maj@k':<9}{'pass@k':<9}{'tokens':<8}{'time':>8}")
+          f"{'p':<9}{'verdict':<17}{'sampled':<9}{'maj@k':<9}{'pass@k':<9}{'tokens':<8}{'time':>8}")
     for s in summary["stages"]:
         ev = s.get("eval") or {}
         top1 = f"{ev['top1']:.3f} [{ev['top1_ci95'][0]:.3f}, {ev['top1_ci95'][1]:.3f}]" if ev else "-"

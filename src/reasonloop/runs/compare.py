@@ -57,6 +57,6 @@ def verdict(paired: dict) -> str:
 
 
 def delta_text(paired: dict) -> str:
-    """'+0.098 [0.057, 0.139]': the paired change in top-1 with its interval."""
+    """'+0.098 [+0.057, +0.139]': the paired change in top-1 with its interval."""
     lo, hi = paired["delta_ci95"]
     return f"{paired['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
