@@ -42,7 +42,8 @@ def _toy_recipe(tmp_path, model_dir, dtype: str):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = {"model": {"path": str(model_dir), "dtype": dtype},
               "task": {"source": "jsonl", "train": str(data), "test": str(data), "fields": {"reasoning": "reasoning"}},
-              "stages": [{"kind": "sft", "name": "sft", "max_steps": 2, "batch_tokens": 256, "optim": {"lr": 1e-2}},
+              "stages": [{"kind": "sft", "name": "sft", "max_steps": 2, "batch_tokens": 256, "optim": {"lr": 1e-2},
+                          "eval_every": 1, "eval_limit": 3},  # the periodic evaluation builds an engine too
                          {"kind": "rl", "name": "grpo", "steps": 1, "prompts_per_step": 2, "group_size": 2,
                           "decoding": {"max_new_tokens": 6}, "optim": {"lr": 1e-3}},
                          {"kind": "eval", "name": "after", "limit": 3, "k": 2, "decoding": {"max_new_tokens": 6}}],
@@ -53,10 +54,10 @@ def _toy_recipe(tmp_path, model_dir, dtype: str):
 
 
 def _outcome(run_dir) -> dict:
-    """The training curves (loss, reward) and the text of every evaluation sample."""
+    """The training curves (loss, reward, periodic top-1) and the text of every evaluation sample."""
     store = RunStore(run_dir / "store.sqlite")
     try:
-        metrics = {(s, k): store.metrics(s, k) for s in ("sft", "grpo") for k in ("loss", "reward_mean")}
+        metrics = {(s, k): store.metrics(s, k) for s in ("sft", "grpo") for k in ("loss", "reward_mean", "eval_top1")}
         samples = [(r["problem_id"], r["completion"]) for r in store.samples("after")]
         return {"metrics": metrics, "samples": samples}
     finally:
@@ -72,6 +73,7 @@ def test_fp32_recipe_is_fp32_on_a_bf16_capable_machine(tmp_path, tiny_model_dir,
         monkeypatch.setenv(AUTO_DTYPE_ENV, auto)
         run_pipeline(_toy_recipe(tmp_path, tiny_model_dir, dtype), tmp_path / label, progress=False)
         runs[label] = _outcome(tmp_path / label)
+    assert len(runs["fp32-on-avx2"]["metrics"]["sft", "eval_top1"]) == 2
     assert runs["fp32-on-bf16"] == runs["fp32-on-avx2"]
     assert runs["auto-on-bf16"]["metrics"] != runs["fp32-on-avx2"]["metrics"]  # the override does switch auto
 

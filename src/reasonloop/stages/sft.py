@@ -223,11 +223,11 @@ def _periodic_eval(ctx, model, tok, cfg, name):
     from reasonloop.stages.evaluate import evaluate
 
     eval_cfg = EvalStage(kind="eval", limit=cfg.eval_limit, k=0)
-    dtype = resolve_dtype(ctx.recipe.model.dtype, next(model.parameters()).device)
 
     def run_eval(step: int) -> float:
         model.eval()
-        engine = make_engine(model, tok, max_batch=eval_cfg.batch_size, dtype=dtype, progress=False)
+        engine = make_engine(model, tok, kind=ctx.recipe.run.engine, max_batch=eval_cfg.batch_size,
+                             dtype=ctx.recipe.model.dtype, progress=False)
         with torch.no_grad():
             return evaluate(model, tok, ctx.task.test, ctx.recipe.task, eval_cfg, engine=engine,
                             progress=False)["top1"]
