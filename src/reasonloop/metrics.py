@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Hashable, Sequence
+from typing import Hashable, Mapping, Sequence
 
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; normal beyond.
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -60,3 +60,62 @@ def mean_interval(values: Sequence[float], bounds: tuple[float, float] = (-math.
     t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
     half = t * sd / math.sqrt(n)
     return mean, (max(bounds[0], mean - half), min(bounds[1], mean + half))
+
+
+def mcnemar_exact_p(wins: int, losses: int) -> float:
+    """Two-sided exact McNemar test (McNemar 1947) of two evaluations on the same problems.
+
+    Only discordant problems carry information: `wins` (right now, wrong before) and `losses` (the
+    reverse). Under "no change" each discordant problem is a fair coin, so the p-value is the two-sided
+    binomial test of min(wins, losses) out of wins + losses at p = 0.5 (1.0 with no discordant problem).
+    """
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1))
+    return min(1.0, 2 * tail / 2 ** n)  # exact integers until this one division
+
+
+def paired_delta_interval(wins: int, losses: int, both_right: int, both_wrong: int,
+                          z: float = 1.96) -> tuple[float, float]:
+    """95% interval of (accuracy after - accuracy before) on the same problems, Newcombe's method 10
+    ("Improved confidence intervals for the difference between binomial proportions based on paired
+    data", Stat. Med. 1998): the Wilson intervals of the two accuracies, squared and added, with the
+    correlation of the paired table (its phi, continuity-corrected as Newcombe does) taken out.
+    Unlike the normal interval of the mean paired difference it does not collapse to a point when no
+    problem changed, and it stays inside [-1, 1]."""
+    n = wins + losses + both_right + both_wrong
+    if n == 0:
+        return (0.0, 0.0)
+    before, after = both_right + losses, both_right + wins  # problems right before / after
+    p_b, p_a = before / n, after / n
+    lb, ub = wilson_interval(before, n, z)
+    la, ua = wilson_interval(after, n, z)
+    margins = before * (n - before) * after * (n - after)
+    cross = both_right * both_wrong - wins * losses
+    if margins == 0 or 0 <= cross <= n / 2:
+        phi = 0.0
+    else:
+        phi = (cross - n / 2 if cross > n / 2 else cross) / math.sqrt(margins)
+    delta = p_a - p_b
+    down = math.sqrt(max(0.0, (p_a - la) ** 2 + (ub - p_b) ** 2 - 2 * phi * (p_a - la) * (ub - p_b)))
+    up = math.sqrt(max(0.0, (ua - p_a) ** 2 + (p_b - lb) ** 2 - 2 * phi * (ua - p_a) * (p_b - lb)))
+    return (max(-1.0, delta - down), min(1.0, delta + up))
+
+
+def paired_comparison(before: Mapping[str, bool], after: Mapping[str, bool]) -> dict | None:
+    """Greedy correctness of two evaluations paired by problem id, on the problems both saw (None if none).
+
+    `wins`: problems right after and wrong before; `losses`: the reverse. `delta` is the difference in
+    accuracy on the paired problems, `delta_ci95` its Newcombe interval, `p_value` the exact McNemar test.
+    """
+    common = [pid for pid in after if pid in before]
+    if not common:
+        return None
+    wins = sum(bool(after[p]) and not before[p] for p in common)
+    losses = sum(bool(before[p]) and not after[p] for p in common)
+    both_right = sum(bool(after[p]) and bool(before[p]) for p in common)
+    both_wrong = len(common) - wins - losses - both_right
+    return {"n": len(common), "delta": (wins - losses) / len(common),
+            "delta_ci95": list(paired_delta_interval(wins, losses, both_right, both_wrong)),
+            "p_value": mcnemar_exact_p(wins, losses), "wins": wins, "losses": losses}

@@ -25,11 +25,21 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+AUTO_DTYPE_ENV = "REASONLOOP_AUTO_DTYPE"
+
+
 def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
     """True where bf16 matmuls are fast: CUDA with bf16 support, or a CPU with AMX / AVX512-BF16.
 
-    Without those units bf16 matmul on CPU is emulated and far slower than fp32.
+    Without those units bf16 matmul on CPU is emulated and far slower than fp32. The environment variable
+    REASONLOOP_AUTO_DTYPE=bf16|fp32 replaces the detection (what `model.dtype: auto` picks), so one machine
+    can act as the other kind; the tests use it to show that no result depends on the CPU kind.
     """
+    forced = os.environ.get(AUTO_DTYPE_ENV)
+    if forced:
+        if forced not in ("bf16", "fp32"):
+            raise UserError(f"{AUTO_DTYPE_ENV}={forced!r}: expected bf16 or fp32 (or unset it)")
+        return forced == "bf16"
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
@@ -41,6 +51,9 @@ def fast_bf16_available(device: torch.device | str = "cpu") -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """The compute dtype named by `model.dtype` (auto | bf16 | fp32). Every place that picks a dtype (the
+    weights of inference models, training autocast, the torch engine) reads it through here, from the
+    same recipe field, so `dtype: fp32` means fp32 everywhere whatever the CPU."""
     if name == "bf16":
         return torch.bfloat16
     if name == "fp32":

@@ -24,10 +24,11 @@ def vllm_available() -> bool:
 
 
 def make_engine(model, tokenizer, kind: str = "auto", max_batch: int = 64,
-                dtype: torch.dtype | None = None, progress: bool = True) -> Engine:
+                dtype: torch.dtype | str | None = None, progress: bool = True) -> Engine:
     """Build the engine named by ``kind`` ("auto" | "torch" | "vllm") for ``model`` (a live HF/peft model).
 
-    ``dtype`` is the compute dtype of the torch engine (None: bf16 where fast, else fp32).
+    ``dtype`` is the compute dtype of the torch engine: a torch dtype, or the recipe's ``model.dtype``
+    ("auto" | "bf16" | "fp32"), which stages pass so that generation and training agree; None means "auto".
     """
     if kind not in KINDS:
         raise UserError(f"engine: expected one of {', '.join(KINDS)}, got {kind!r}")

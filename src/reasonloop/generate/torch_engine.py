@@ -33,7 +33,7 @@ class TorchEngine:
     """``Engine`` on the live torch model. ``update_weights`` (or any in-place parameter change, which
     is detected) makes the next ``generate`` use the current weights."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 64, dtype: torch.dtype | None = None,
+    def __init__(self, model, tokenizer, max_batch: int = 64, dtype: torch.dtype | str | None = None,
                  progress: bool = True, fast: bool | None = None):
         from reasonloop.models import resolve_dtype
 
@@ -41,7 +41,7 @@ class TorchEngine:
             raise UserError(f"max_batch: expected >= 1, got {max_batch}")
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
-        self.dtype = dtype or resolve_dtype("auto", self.device)
+        self.dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype or "auto", self.device)
         self.max_batch, self.progress = max_batch, progress
         self.eos = eos_ids(model, tokenizer)
         use_fast = supports_fast_path(model) if fast is None else fast

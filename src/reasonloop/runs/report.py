@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict  # noqa: E402
 from reasonloop.runs.store import RunStore  # noqa: E402
 
 CURVE_KEYS = ("loss", "reward_mean", "accuracy", "eval_top1", "flat_share", "kl", "entropy", "response_tokens", "lr",
@@ -103,8 +104,40 @@ def _samples_html(store: RunStore, stage: str, each: int = 2) -> str:
     return "".join(parts)
 
 
+LEGEND = (
+    "<p><b>vs previous eval</b>: the change in greedy top-1 against the evaluation before it, paired problem "
+    "by problem on the problems both evaluated, with its 95% interval (Newcombe's method for paired "
+    "proportions). <b>won / lost</b>: problems right now and wrong before, and the reverse. <b>p</b>: exact "
+    "two-sided McNemar test on the won and lost problems. A stage <b>raises accuracy</b> (or lowers it) when "
+    f"p &lt; {SIGNIFICANCE}; otherwise the test cannot tell the change from chance on these problems. "
+    "<b>sampled</b>: mean accuracy of all samples drawn at the sampling temperature T (pass@1), 95% interval "
+    "over problems; it can move while greedy top-1 does not. When the previous eval sampled too, "
+    "&Delta; is the mean paired difference of per-problem sampled accuracy (t-interval over problems).</p>")
+
+
+def _paired_cells(ev: dict) -> list[str]:
+    pr = ev.get("paired")
+    if not pr:
+        return [f"({ev['paired_skipped']})" if ev.get("paired_skipped") else "", "", "", ""]
+    vs = f"{delta_text(pr)} vs {pr['vs']}" + (f", {pr['n']} paired" if pr.get("note") else "")
+    return [vs, f"{pr['wins']} / {pr['losses']}", f"{pr['p_value']:.2g}", verdict(pr)]
+
+
+def _sampled_cell(ev: dict) -> str:
+    if ev.get("sampled_acc") is None:
+        return ""
+    lo, hi = ev["sampled_acc_ci95"]
+    text = f"{ev['sampled_acc']:.3f} [{lo:.3f}, {hi:.3f}] T={(ev.get('sampling') or {}).get('temperature', '?')}"
+    pr = ev.get("paired") or {}
+    if pr.get("sampled_delta") is not None:
+        dlo, dhi = pr["sampled_delta_ci95"]
+        text += f", Δ {pr['sampled_delta']:+.3f} [{dlo:+.3f}, {dhi:+.3f}]"
+    return text
+
+
 def _table(summary: dict) -> str:
-    head = "<tr><th>stage</th><th>kind</th><th>top-1</th><th>95% CI</th><th>maj@k</th><th>pass@k</th>" \
+    head = "<tr><th>stage</th><th>kind</th><th>top-1</th><th>95% CI</th><th>vs previous eval</th>" \
+           "<th>won / lost</th><th>p</th><th>verdict</th><th>sampled</th><th>maj@k</th><th>pass@k</th>" \
            "<th>tokens</th><th>seconds</th></tr>"
     rows = []
     for s in summary.get("stages", []):
@@ -112,9 +145,10 @@ def _table(summary: dict) -> str:
         ci = ev.get("top1_ci95")
         rate = lambda key: f"{ev[key]:.3f}" if ev.get(key) is not None else ""  # noqa: E731
         cells = [s["name"], s["kind"], rate("top1"), f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "",
-                 rate("maj_k"), rate("pass_k"), f"{ev['mean_tokens']:.0f}" if ev else "", f"{s['seconds']:.0f}"]
+                 *(_paired_cells(ev) if ev else [""] * 4), _sampled_cell(ev), rate("maj_k"), rate("pass_k"),
+                 f"{ev['mean_tokens']:.0f}" if ev else "", f"{s['seconds']:.0f}"]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"<table>{head}{''.join(rows)}</table>{LEGEND}"
 
 
 def write_report(run_dir: Path) -> Path:

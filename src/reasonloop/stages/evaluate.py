@@ -1,4 +1,5 @@
-"""The evaluation stage: greedy top-1, maj@k, unbiased pass@k and response length, over seeds.
+"""The evaluation stage: greedy top-1, maj@k, unbiased pass@k, sampled accuracy and response length, over
+seeds; each eval after the first is paired, problem by problem, with the eval before it (runs/compare.py).
 
 Decoding settings are stored with every number; every sample goes to the run store.
 """
@@ -12,6 +13,7 @@ import torch
 from reasonloop.generate import make_engine
 from reasonloop.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
 from reasonloop.stages.rollout import Judged, prompts_for, sample_and_judge, sampling_params
+from reasonloop.runs.compare import paired_with_previous
 from reasonloop.tasks.base import Problem
 from reasonloop.verify.judge import canonical_answer
 
@@ -72,11 +74,16 @@ def _sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store,
         pas.append(sum(pass_at_k(n, sum(j.correct), k) for j in judged) / len(judged))
         if store is not None:
             store.add_samples(stage, step, _store_rows(judged, prompts, f"seed{seed}"))
+    rates = {pid: sum(v) / len(v) for pid, v in pass_rates.items()}  # share of all n x seeds samples right
     if store is not None:
-        store.set_problem_stats(stage, "pass_rate", {pid: sum(v) / len(v) for pid, v in pass_rates.items()})
+        store.set_problem_stats(stage, "pass_rate", rates)
     maj_mean, maj_ci = mean_interval(maj, bounds=(0.0, 1.0))
     pass_mean, pass_ci = mean_interval(pas, bounds=(0.0, 1.0))
+    # Sampled accuracy (pass@1 at the sampling temperature): the interval is over problems, the unit that
+    # varies most; samples of one problem are not independent draws.
+    sampled_mean, sampled_ci = mean_interval(list(rates.values()), bounds=(0.0, 1.0))
     return {"k": k, "samples_per_problem": n, "seeds": cfg.seeds,
+            "sampled_acc": sampled_mean, "sampled_acc_ci95": list(sampled_ci),
             "maj_k": maj_mean, "maj_k_ci95": list(maj_ci), "maj_k_per_seed": maj,
             "pass_k": pass_mean, "pass_k_ci95": list(pass_ci), "pass_k_per_seed": pas,
             "sampling": {"temperature": dec.temperature, "top_p": dec.top_p, "top_k": dec.top_k,
@@ -90,12 +97,17 @@ def run(ctx, cfg, name: str) -> dict:
     model_ref = ctx.resolve_model(cfg.init_from)
     model, tokenizer = load_model(model_ref, dtype=ctx.recipe.model.dtype)
     engine = make_engine(model, tokenizer, kind=ctx.recipe.run.engine, max_batch=cfg.batch_size,
-                         progress=ctx.progress)
+                         dtype=ctx.recipe.model.dtype, progress=ctx.progress)
     result = evaluate(model, tokenizer, ctx.task.test, ctx.recipe.task, cfg, ctx.store, name, engine,
                       ctx.progress)
     result["evaluated_model"] = str(model_ref)
     log.info("%s: top-1 %.3f [%.3f, %.3f] on %d problems", name, result["top1"], *result["top1_ci95"],
              result["n"])
+    result.update(paired_with_previous(ctx.store, ctx.recipe, name))
+    if "paired" in result:
+        pr = result["paired"]
+        log.info("%s vs %s: top-1 %+.3f [%.3f, %.3f] on %d problems, %d won, %d lost, McNemar p = %.3g", name,
+                 pr["vs"], pr["delta"], *pr["delta_ci95"], pr["n"], pr["wins"], pr["losses"], pr["p_value"])
     return result
 
 
@@ -112,8 +124,10 @@ def periodic_eval(ctx, model, tokenizer, cfg, engine=None):
     def run_eval(step: int) -> float:
         was_training = model.training
         model.eval()
+        used = engine or make_engine(model, tokenizer, kind=ctx.recipe.run.engine, max_batch=eval_cfg.batch_size,
+                                     dtype=ctx.recipe.model.dtype, progress=False)
         with torch.no_grad():
-            top1 = evaluate(model, tokenizer, ctx.task.test, ctx.recipe.task, eval_cfg, engine=engine,
+            top1 = evaluate(model, tokenizer, ctx.task.test, ctx.recipe.task, eval_cfg, engine=used,
                             progress=False)["top1"]
         model.train(was_training)
         return top1

@@ -54,7 +54,7 @@ class _Sampler:
         self.ctx, self.cfg = ctx, cfg
         self.model, self.tok = load_model(model_ref, dtype=ctx.recipe.model.dtype)
         self.engine = make_engine(self.model, self.tok, kind=ctx.recipe.run.engine, max_batch=cfg.batch_size,
-                                  progress=ctx.progress)
+                                  dtype=ctx.recipe.model.dtype, progress=ctx.progress)
 
     def close(self) -> None:
         del self.engine, self.model
@@ -209,7 +209,8 @@ def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, o
     if cfg.train.objective == "asft" and ctx.recipe.model.lora is None:
         ref_model, _ = load_model(init_ref, dtype=ctx.recipe.model.dtype)
     result = train_sft(model, tok, examples, cfg.train, store=_RoundStore(ctx.store, offset), stage=name,
-                       ckpt_dir=rdir / "checkpoint", ref_model=ref_model, progress=ctx.progress)
+                       ckpt_dir=rdir / "checkpoint", ref_model=ref_model, progress=ctx.progress,
+                       dtype=ctx.recipe.model.dtype)
     result = saved or result  # a run killed after training and before saving resumes at the last step
     if dist.is_main():
         tmp = rdir / "train.json.tmp"

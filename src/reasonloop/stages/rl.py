@@ -44,14 +44,16 @@ class RLLoop:
     """The state one RL stage carries between steps; `step()` is the loop body."""
 
     def __init__(self, policy, tokenizer, problems, cfg, *, task_cfg, engine, reward_fn, ref_model=None,
-                 value_head=None, curriculum=None, store=None, stage="rl", ckpt_dir=None, eval_fn=None):
+                 value_head=None, curriculum=None, store=None, stage="rl", ckpt_dir=None, eval_fn=None,
+                 dtype: str = "auto"):
         self.policy, self.tok, self.problems, self.cfg = policy, tokenizer, problems, cfg
         self.task_cfg, self.engine, self.reward_fn = task_cfg, engine, reward_fn
         self.ref_model, self.value_head, self.curriculum = ref_model, value_head, curriculum
         self.store, self.stage, self.ckpt_dir, self.eval_fn = store, stage, ckpt_dir, eval_fn
         self.estimator, self.kl_in = cfg.estimator(), cfg.kl_in_or_default()
         self.device = next(policy.parameters()).device
-        self.bf16 = resolve_dtype("auto", self.device) == torch.bfloat16
+        # The recipe's model.dtype, as the engine reads it: bf16 -> forward passes under bf16 autocast.
+        self.bf16 = resolve_dtype(dtype, self.device) == torch.bfloat16
         self.params = [p for p in policy.parameters() if p.requires_grad]
         if value_head is not None:
             self.params += list(value_head.parameters())
@@ -400,10 +402,10 @@ def run(ctx, cfg, name: str) -> dict:
                                      where=f"stages[{index}].curriculum")
     reward_fn = build_reward(cfg.reward, cfg.reward_weights, task_cfg, where=f"stages[{index}].reward")
     engine = make_engine(policy, tok, kind=recipe.run.engine, max_batch=cfg.prompts_per_step * cfg.group_size,
-                         progress=False)
+                         dtype=recipe.model.dtype, progress=False)
     loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn,
                   ref_model=ref_model, value_head=value_head, curriculum=curriculum, store=ctx.store, stage=name,
-                  ckpt_dir=ctx.stage_dir(name) / "checkpoint")
+                  ckpt_dir=ctx.stage_dir(name) / "checkpoint", dtype=recipe.model.dtype)
     loop.eval_fn = periodic_eval(ctx, policy, tok, cfg, engine=engine)
     result = train_rl(loop, ctx.progress)
     out = ctx.stage_dir(name) / "model"

@@ -104,14 +104,18 @@ def microbatch_loss(model, examples: list[Example], mb: list[int], cfg, *, ref_m
 
 
 def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, stage: str = "sft",
-              ckpt_dir=None, ref_model=None, progress: bool = True, eval_fn=None, order_fn=None) -> dict:
-    """Train `model` in place on `examples` with an SftStage config; resume from `ckpt_dir` if present."""
+              ckpt_dir=None, ref_model=None, progress: bool = True, eval_fn=None, order_fn=None,
+              dtype: str = "auto") -> dict:
+    """Train `model` in place on `examples` with an SftStage config; resume from `ckpt_dir` if present.
+
+    `dtype` is the recipe's `model.dtype`: bf16 trains under bf16 autocast (fp32 master weights), fp32 without.
+    """
     if not examples:
         from reasonloop.errors import UserError
 
         raise UserError(f"{stage}: no training examples (all empty or longer than max_length?)")
     device = next(model.parameters()).device
-    use_bf16 = resolve_dtype("auto", device) == torch.bfloat16
+    use_bf16 = resolve_dtype(dtype, device) == torch.bfloat16
     plan = make_plan(examples, cfg, order_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = build_optimizer(params, cfg.optim, plan.steps)
@@ -224,7 +228,8 @@ def run(ctx, cfg, name: str) -> dict:
         ref_model, _ = load_model(model_ref, dtype=ctx.recipe.model.dtype)
     result = train_sft(model, tok, examples, cfg, store=ctx.store, stage=name,
                        ckpt_dir=ctx.stage_dir(name) / "checkpoint", ref_model=ref_model,
-                       progress=ctx.progress, eval_fn=periodic_eval(ctx, model, tok, cfg))
+                       progress=ctx.progress, eval_fn=periodic_eval(ctx, model, tok, cfg),
+                       dtype=ctx.recipe.model.dtype)
     out = ctx.stage_dir(name) / "model"
     if dist.is_main():
         save_hf_folder(model, tok, out)
