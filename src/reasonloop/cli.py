@@ -71,12 +71,15 @@ def _one_stage_recipe(args):
     from reasonloop.recipe_io import apply_override, parse_overrides, validate_with_lines
 
     stage: dict = {"kind": args.command}
+    flags: dict[tuple, str] = {}  # a bad value is reported against the flag the user typed
     if args.command == "eval":
         stage.update({"limit": args.limit, "k": args.k, "n": args.n, "seeds": args.seeds})
+        flags = {("stages", 0, key): f"--{key}" for key in ("limit", "k", "n", "seeds")}
     data = {"model": {"path": args.model}, "task": _task_section(args.task), "stages": [stage]}
     for key, value in parse_overrides(args.set):
         apply_override(data, key, value)
-    return validate_with_lines(Recipe, data, {}, "command line")
+        flags[tuple(int(p) if p.isdigit() else p for p in key.split("."))] = f"--set {key}"
+    return validate_with_lines(Recipe, data, flags, "command line")
 
 
 def _print_table(summary: dict) -> None:

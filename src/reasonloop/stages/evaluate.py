@@ -91,6 +91,10 @@ def evaluate(model, tokenizer, problems: list[Problem], task_cfg, cfg, store=Non
         raise UserError(f"eval: k={cfg.k} is larger than the samples drawn per problem n={cfg.n}; "
                         "pass@k needs n >= k")
     problems = problems[: cfg.limit] if cfg.limit else problems
+    if not problems:
+        from reasonloop.errors import UserError
+
+        raise UserError(f"{stage}: no problems to evaluate")
     engine = engine or make_engine(model, tokenizer, max_batch=cfg.batch_size, progress=progress)
     prompts = [prompt_text(tokenizer, p.question, task_cfg.prompt, task_cfg.answer_format) for p in problems]
     dec = cfg.decoding
