@@ -6,6 +6,7 @@ Bad input ends with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -155,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Writes that matter (checkpoints, models, the store) say more; this catches the small files.
+        print(f"error: {err.filename or 'run folder'}: could not write ({err.strerror}); free disk space, then "
+              "run the same command to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
