@@ -2,33 +2,49 @@
 
 Layout of a checkpoint folder:
   model/              HF folder (full weights) or peft adapter folder (LoRA)
-  trainer_state.pt    optimizer, scheduler, RNG states, step, data position, curriculum, extras
+  trainer_state.pt    optimizer, scheduler, RNG states, extras; step, data position, curriculum and the
+                      last step's metrics as JSON text. Tensors and plain data only: it is loaded with
+                      `weights_only=True`, so a tampered file cannot run code on resume.
 A checkpoint is written to a temporary sibling folder and renamed into place, so a kill at any
-moment leaves either the previous checkpoint or the new one, never a half-written folder.
+moment leaves either the previous checkpoint or the new one, never a half-written folder. A resume
+reads the whole checkpoint before applying any of it; a damaged one is named in one line.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import pickle
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from reasonloop.errors import UserError, write_error
+
+log = logging.getLogger(__name__)
+
 STATE_FILE = "trainer_state.pt"
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    """RNG states as tensors and plain values only, so the file loads with `weights_only=True`."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -45,19 +61,30 @@ def _save_weights(model, folder: Path, tokenizer) -> None:
         tokenizer.save_pretrained(folder)
 
 
+def _json_value(value):
+    """numpy scalars in a curriculum state become plain numbers."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def save_checkpoint(folder: str | Path, model, tokenizer, optimizer, scheduler, state: dict,
                     extra_modules: dict[str, torch.nn.Module] | None = None) -> Path:
-    """Write model + trainer state to `folder` atomically (temp folder, then rename)."""
+    """Write model + trainer state to `folder` atomically (temp folder, then rename). `state` (step, data
+    position, curriculum, last metrics) is stored as JSON text: the file holds tensors and plain data only."""
+    from safetensors import SafetensorError
+
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        _save_weights(model, tmp / "model", tokenizer)
-        torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": rng_state(), "state": state,
-                    "modules": {k: m.state_dict() for k, m in (extra_modules or {}).items()}},
-                   tmp / STATE_FILE)
+        try:
+            _save_weights(model, tmp / "model", tokenizer)
+            torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "rng": rng_state(), "state_json": json.dumps(state, default=_json_value),
+                        "modules": {k: m.state_dict() for k, m in (extra_modules or {}).items()}},
+                       tmp / STATE_FILE)
+        except (OSError, RuntimeError, SafetensorError) as err:
+            raise write_error(folder, err, "the checkpoint", "the previous checkpoint is kept") from None
         old = folder.with_name(folder.name + ".old")
         if folder.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -69,8 +96,82 @@ def save_checkpoint(folder: str | Path, model, tokenizer, optimizer, scheduler, 
     return folder
 
 
+@dataclass
+class Checkpoint:
+    """A checkpoint read in full (and so known to be whole) before any of it is applied."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]  # model/*.safetensors: full weights, or the LoRA adapter
+    optimizer: dict | None
+    scheduler: dict | None
+    rng: dict
+    state: dict  # step, data position, curriculum, last metrics
+    modules: dict  # state dicts of extra modules (PPO value head)
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _read(folder: Path) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        # weights_only: unpickling anything but tensors and plain data could run code a tampered file holds
+        trainer = torch.load(folder / STATE_FILE, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise _Damaged(f"{STATE_FILE} holds objects other than tensors and plain data (a tampered file, "
+                           "or one written before reasonloop's weights-only checkpoints); refused to load it")
+        raise _Damaged(f"{STATE_FILE} is unreadable ({str(err).splitlines()[0]})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise _Damaged(f"{STATE_FILE} is unreadable ({str(err).splitlines()[0][:160]})") from None
+    if not isinstance(trainer, dict) or not isinstance(trainer.get("state_json"), str):
+        raise _Damaged(f"{STATE_FILE} is not a reasonloop trainer state")
+    weights: dict[str, torch.Tensor] = {}
+    for f in sorted((folder / "model").glob("*.safetensors")):
+        try:
+            weights.update(load_file(str(f)))
+        except (SafetensorError, OSError) as err:
+            raise _Damaged(f"model/{f.name} is unreadable ({str(err).splitlines()[0]})") from None
+    if not weights:
+        raise _Damaged("model/ holds no weights")
+    try:
+        state = json.loads(trainer["state_json"])
+    except ValueError as err:
+        raise _Damaged(f"{STATE_FILE}: trainer state is not JSON ({err})") from None
+    return Checkpoint(folder, weights, trainer.get("optimizer"), trainer.get("scheduler"), trainer["rng"],
+                      state, trainer.get("modules") or {})
+
+
+def read_checkpoint(folder: str | Path) -> Checkpoint | None:
+    """The checkpoint to resume from, or None when there is none.
+
+    `folder` is tried first, then `<folder>.old` (what a kill between the two renames of
+    `save_checkpoint` leaves). A damaged one falls back to the other; if none is readable, a
+    UserError says which files are damaged and what to delete.
+    """
+    folder = Path(folder)
+    damaged = []
+    for candidate in (folder, folder.with_name(folder.name + ".old")):
+        if not candidate.exists():
+            continue
+        try:
+            return _read(candidate)
+        except _Damaged as err:
+            log.warning("checkpoint %s is damaged: %s", candidate, err)
+            damaged.append((candidate, str(err)))
+    if not damaged:
+        return None
+    where, why = damaged[0]
+    delete = " and ".join(str(c) for c, _ in damaged)
+    raise UserError(f"{where}: damaged checkpoint: {why}; delete {delete} to restart this stage from its "
+                    "first step")
+
+
 def find_checkpoint(folder: str | Path) -> Path | None:
-    """The checkpoint to resume from; a `.old` one survives a kill between the two renames."""
+    """The checkpoint folder a resume would read (its files present; not checked for damage)."""
     folder = Path(folder)
     for candidate in (folder, folder.with_name(folder.name + ".old")):
         if (candidate / STATE_FILE).is_file() and (candidate / "model").is_dir():
@@ -78,28 +179,19 @@ def find_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
-def load_trainer_state(folder: Path) -> dict:
-    return torch.load(folder / STATE_FILE, weights_only=False)
-
-
-def load_weights_into(model, folder: Path) -> None:
+def load_weights_into(model, checkpoint: Checkpoint) -> None:
     """Copy a checkpoint's weights into an already built model (full or LoRA)."""
-    from safetensors.torch import load_file
-
     from reasonloop.packing import unwrap
 
     target = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
     if hasattr(target, "peft_config"):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(target, load_file(str(folder / "model" / "adapter_model.safetensors")))
+        set_peft_model_state_dict(target, checkpoint.weights)
         return
-    weights = {}
-    for f in sorted((folder / "model").glob("*.safetensors")):
-        weights.update(load_file(str(f)))
-    missing, unexpected = unwrap(target).load_state_dict(weights, strict=False)
+    missing, unexpected = unwrap(target).load_state_dict(checkpoint.weights, strict=False)
     # Tied embeddings are saved once; anything else missing means the checkpoint is not this model.
     missing = [k for k in missing if "lm_head" not in k]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
+        raise UserError(f"{checkpoint.path}: checkpoint does not match the model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}); delete it to restart this stage from its first step")

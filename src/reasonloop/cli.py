@@ -6,6 +6,7 @@ Bad input ends with one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -71,12 +72,15 @@ def _one_stage_recipe(args):
     from reasonloop.recipe_io import apply_override, parse_overrides, validate_with_lines
 
     stage: dict = {"kind": args.command}
+    flags: dict[tuple, str] = {}  # a bad value is reported against the flag the user typed
     if args.command == "eval":
         stage.update({"limit": args.limit, "k": args.k, "n": args.n, "seeds": args.seeds})
+        flags = {("stages", 0, key): f"--{key}" for key in ("limit", "k", "n", "seeds")}
     data = {"model": {"path": args.model}, "task": _task_section(args.task), "stages": [stage]}
     for key, value in parse_overrides(args.set):
         apply_override(data, key, value)
-    return validate_with_lines(Recipe, data, {}, "command line")
+        flags[tuple(int(p) if p.isdigit() else p for p in key.split("."))] = f"--set {key}"
+    return validate_with_lines(Recipe, data, flags, "command line")
 
 
 def _print_table(summary: dict) -> None:
@@ -161,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Writes that matter (checkpoints, models, the store) say more; this catches the small files.
+        print(f"error: {err.filename or 'run folder'}: could not write ({err.strerror}); free disk space, then "
+              "run the same command to resume", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)

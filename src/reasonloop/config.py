@@ -24,11 +24,11 @@ class Strict(BaseModel):
 
 
 class LoraConfig(Strict):
-    r: int = 16
+    r: int = Field(16, ge=1)
     """LoRA rank."""
-    alpha: int = 32
+    alpha: int = Field(32, ge=1)
     """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = 0.0
+    dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the LoRA branch."""
     target_modules: list[str] | str = "all-linear"
     """Modules to adapt (peft syntax)."""
@@ -69,9 +69,9 @@ class GymConfig(Strict):
     """Seed of the training pool. reasoning-gym item i comes from Random(seed + i): keep seeds far apart."""
     test_seed: int = 9_000_000
     """Seed of the held-out pool; test items whose question also appears in train are dropped."""
-    train_size: int = 2000
+    train_size: int = Field(2000, ge=1)
     """Problems generated for the training pool (per level)."""
-    test_size: int = 500
+    test_size: int = Field(500, ge=1)
     """Problems generated for the held-out pool (per level), before overlap removal."""
     levels: list[dict[str, Any]] | None = None
     """Optional difficulty levels (each a params dict, easiest first) for the `levels` curriculum."""
@@ -150,15 +150,15 @@ class CurriculumConfig(Strict):
 
 
 class Decoding(Strict):
-    temperature: float = 0.7
+    temperature: float = Field(0.7, ge=0)
     """Sampling temperature (0: greedy)."""
-    top_p: float = 1.0
+    top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling: keep the smallest set of tokens with this much probability (1: off)."""
-    top_k: int = 0
+    top_k: int = Field(0, ge=0)
     """Keep the k most likely tokens (0: off)."""
-    min_p: float = 0.0
+    min_p: float = Field(0.0, ge=0, lt=1)
     """Drop tokens below min_p times the top token's probability (0: off)."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = Field(256, ge=1)
     """Longest completion in tokens."""
     stop: list[str] = []
     """Strings that end a completion (cut before them)."""
@@ -174,17 +174,17 @@ class StageBase(Strict):
 class EvalStage(StageBase):
     kind: Literal["eval"]
     """Stage type."""
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
     """Evaluate on the first N held-out problems (null: all)."""
-    k: int = 4
+    k: int = Field(4, ge=0)
     """Samples per problem for maj@k and pass@k (0 = greedy only)."""
-    n: int | None = None
+    n: int | None = Field(None, ge=1)
     """Samples drawn per problem for pass@k (>= k; defaults to k)."""
     seeds: int = Field(1, ge=1)
     """Repeat the sampled metrics over this many seeds and report mean and 95% interval."""
     decoding: Decoding = Decoding()
     """Sampling settings for this stage."""
-    batch_size: int = 64
+    batch_size: int = Field(64, ge=1)
     """Sequences decoded at once."""
 
     @model_validator(mode="after")
@@ -195,7 +195,7 @@ class EvalStage(StageBase):
 
 
 class OptimConfig(Strict):
-    lr: float = 5e-5
+    lr: float = Field(5e-5, ge=0)
     """Peak learning rate (AdamW)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -226,9 +226,9 @@ class SftStage(StageBase):
     """`prob`: loss is -p^k."""
     masked_thought: float = 0.0
     """Fraction of reasoning input tokens replaced by a mask token (Masked Thought); targets unchanged."""
-    epochs: float = 1.0
+    epochs: float = Field(1.0, gt=0)
     """Passes over the training data."""
-    max_steps: int | None = None
+    max_steps: int | None = Field(None, ge=1)
     """Stop after this many optimizer steps (overrides epochs)."""
     batch_tokens: int = Field(4096, ge=1)
     """Tokens per micro-batch (packed sequences)."""
@@ -242,7 +242,7 @@ class SftStage(StageBase):
     """`gold`: the task's gold reasoning; `jsonl`: prompt/response pairs from `data_path`."""
     data_path: str | None = None
     """JSONL with `prompt` and `response` fields (data: jsonl)."""
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
     """Use only the first N training examples."""
     skip: int = Field(0, ge=0)
     """Leave out the first N training problems (those an earlier stage trained on); `limit` counts after them."""
@@ -290,13 +290,13 @@ class RftStage(StageBase):
     """What each round fine-tunes: `base`, the recipe's `model.path` (the RFT paper: sample from the SFT
     model, retrain the pre-trained model on gold + distinct paths); `init`, the stage's starting model;
     `last`, the previous round's output (round 0: the starting model)."""
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
     """Use only the first N training questions."""
     skip: int = Field(0, ge=0)
     """Leave out the first N training questions (those an earlier stage trained on); `limit` counts after them."""
     train: SftStage = Field(default_factory=lambda: SftStage(kind="sft"))
     """The SFT loop settings used to train on the kept paths."""
-    batch_size: int = 64
+    batch_size: int = Field(64, ge=1)
     """Sequences decoded at once."""
     seed: int = 0
     """Seed of this stage's sampling and data order."""
@@ -374,7 +374,7 @@ class RlStage(StageBase):
     (the report plots it): a learning curve without extra runs (0: off)."""
     eval_limit: int = Field(100, ge=1)
     """Held-out problems for periodic evaluation."""
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
     """Use only the first N training questions."""
     skip: int = Field(0, ge=0)
     """Leave out the first N training questions (those an earlier stage trained on); `limit` counts after them."""
@@ -442,6 +442,13 @@ class Recipe(Strict):
         return stages
     run: RunConfig = RunConfig()
     """Run-wide settings."""
+
+    @field_validator("stages")
+    @classmethod
+    def _at_least_one(cls, stages):
+        if not stages:
+            raise ValueError("a recipe needs at least one stage, e.g. `stages: [{kind: eval}]`")
+        return stages
 
     @model_validator(mode="after")
     def _levels_need_task_levels(self):

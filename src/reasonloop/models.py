@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from reasonloop.errors import UserError
+from reasonloop.errors import UserError, write_error
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,11 @@ def resolve_model_path(path: str) -> Path | str:
             raise UserError(f"{path}: GGUF file not found")
         out = cache_dir() / "gguf" / f"{p.stem}-{p.stat().st_size}"
         if not (out / "config.json").exists():
-            _convert_gguf(p.parent, p.name, out)
+            try:
+                _convert_gguf(p.parent, p.name, out)
+            except Exception as err:  # a damaged file fails deep inside the GGUF parser, in many ways
+                why = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise UserError(f"{path}: not a readable GGUF model ({why[:200]})") from None
         return out
     if p.exists():
         if p.is_dir() and (p / "config.json").exists():
@@ -172,6 +176,7 @@ def load_tokenizer(path: str):
 def load_model(path: str, dtype: str = "auto", device: torch.device | str | None = None,
                lora=None, trainable: bool = False):
     """Return (model, tokenizer). `lora` is a LoraConfig (reasonloop.config) or None."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device) if device is not None else default_device()
@@ -185,7 +190,7 @@ def load_model(path: str, dtype: str = "auto", device: torch.device | str | None
             model = AutoPeftModelForCausalLM.from_pretrained(where, is_trainable=trainable)
         else:
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise UserError(f"{path}: could not load model: {str(err).splitlines()[0]}") from None
     tok = load_tokenizer(str(where))
     # Training keeps fp32 master weights (bf16 weights lose small updates); inference uses `dtype`.
@@ -212,6 +217,8 @@ def save_hf_folder(model, tokenizer, out: str | Path, merge_lora: bool = True) -
 
     A LoRA model is merged into its base so the folder loads with plain transformers and vLLM.
     """
+    from safetensors import SafetensorError
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -221,9 +228,12 @@ def save_hf_folder(model, tokenizer, out: str | Path, merge_lora: bool = True) -
             import copy
 
             to_save = copy.deepcopy(model).merge_and_unload()
-        to_save.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        try:
+            to_save.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        except (OSError, RuntimeError, SafetensorError) as err:
+            raise write_error(out, err, "the model", "nothing else was changed") from None
         if out.exists():
             old = out.with_name(out.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

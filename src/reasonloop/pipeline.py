@@ -2,7 +2,9 @@
 
 Run folder layout:
   recipe.yaml      the recipe as resolved (overrides applied)
-  store.sqlite     metrics, samples, stage status (runs/store.py)
+  run.lock         held (flock) by the one process running in the folder (runs/lock.py)
+  store.sqlite     metrics, samples, stage status (runs/store.py); paths in it are relative to the folder,
+                   so a run folder can be moved and resumed from anywhere
   stages/<name>/   model/ (HF folder, the stage's output) and checkpoint/ (trainer state for resume)
   summary.json     one entry per stage; report.html
 """
@@ -13,6 +15,7 @@ import hashlib
 import importlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ import yaml
 from reasonloop import dist
 from reasonloop.config import Recipe
 from reasonloop.errors import UserError
+from reasonloop.runs.lock import RunLock
 from reasonloop.runs.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -75,16 +79,44 @@ def stage_fingerprints(recipe: Recipe) -> dict[str, str]:
     return {name: fingerprint([base, stages[: i + 1]]) for i, name in enumerate(recipe.stage_names())}
 
 
-def check_resumable(store: RunStore, recipe: Recipe) -> None:
-    """Refuse to continue a run whose recipe changed for a stage that already started."""
+def check_resumable(store: RunStore, recipe: Recipe, run_dir: Path) -> None:
+    """Refuse to continue a run whose recipe changed for a stage that already did some work.
+
+    A stage that started but left nothing (no checkpoint, no output: it failed on bad input) is planned
+    afresh with the new recipe: its rows are dropped, so the corrected run can go on in the same folder.
+    """
     old = store.get_meta("stage_fingerprints", {})
     new = stage_fingerprints(recipe)
     for name, fp in old.items():
         row = store.stage(name)
-        if row is not None and new.get(name) != fp:
+        if row is None or new.get(name) == fp:
+            continue
+        stage_dir = run_dir / "stages" / name
+        if row["status"] != "done" and not (stage_dir.is_dir() and any(stage_dir.iterdir())):
+            log.info("stage %s changed; it had left nothing behind, so it runs with the new recipe", name)
+            store.forget_stage(name)
+        else:
             raise UserError(f"the recipe changed for stage {name!r}, which this run folder already "
                             f"{'completed' if row['status'] == 'done' else 'started'}; use a new --out "
                             "folder, or restore the recipe saved in the run folder (recipe.yaml)")
+
+
+def clean_leftovers(run_dir: Path) -> None:
+    """Remove what a killed run left half-written: temp folders and files (`.checkpoint.*`, `.model.*`,
+    `.kept.jsonl.*`, `*.tmp`) and `X.old` beside a complete `X` (a kill between two renames). Only
+    called with the run lock held, so no other process is writing them."""
+    leftovers = list(run_dir.glob("*.tmp"))
+    stages = run_dir / "stages"
+    if stages.is_dir():
+        leftovers += [p for p in stages.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+        leftovers += [p for p in stages.rglob("*.old") if p.with_suffix("").exists()]
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+    if leftovers:
+        log.info("removed %d temporary files or folders left by an interrupted run", len(leftovers))
 
 
 def _summary_entries(ctx: RunContext) -> list[dict]:
@@ -130,16 +162,18 @@ def write_summary(ctx: RunContext, extra: dict | None = None) -> dict:
     return summary
 
 
-def _open_store(recipe: Recipe, run_dir: Path) -> RunStore:
-    """Rank 0 creates and writes the run store; other ranks (torchrun) open it read-only afterwards."""
-    store, problem = None, None
+def _open_store(recipe: Recipe, run_dir: Path) -> tuple[RunStore, RunLock | None]:
+    """Rank 0 locks the run folder, then creates and writes the run store; other ranks (torchrun) open it
+    read-only afterwards."""
+    store, lock, problem = None, None, None
     if dist.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        store = RunStore(run_dir / "store.sqlite")
         try:
+            lock = RunLock(run_dir).acquire()
+            clean_leftovers(run_dir)
+            store = RunStore(run_dir / "store.sqlite")
             from reasonloop.runs.sinks import make_sinks
 
-            check_resumable(store, recipe)
+            check_resumable(store, recipe, run_dir)
             store.sinks = make_sinks(recipe.run.report_to, run_dir)
             store.set_meta("stage_fingerprints", stage_fingerprints(recipe))
             (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
@@ -149,13 +183,15 @@ def _open_store(recipe: Recipe, run_dir: Path) -> RunStore:
     if problem is not None:
         if store is not None:
             store.close()
+        if lock is not None:
+            lock.release()
         raise UserError(problem)
-    return store if store is not None else RunStore(run_dir / "store.sqlite", readonly=True)
+    return (store if store is not None else RunStore(run_dir / "store.sqlite", readonly=True)), lock
 
 
 def run_pipeline(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> dict:
     run_dir = Path(run_dir)
-    store = _open_store(recipe, run_dir)
+    store, lock = _open_store(recipe, run_dir)
     ctx = RunContext(recipe=recipe, run_dir=run_dir, store=store, progress=progress and recipe.run.progress,
                      current_model=recipe.model.path)
     hf_bars = _hf_progress_bars(ctx.progress)
@@ -173,6 +209,8 @@ def run_pipeline(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> 
         return dist.broadcast_object(summary)
     finally:
         store.close()
+        if lock is not None:
+            lock.release()
         _hf_progress_bars(hf_bars)
 
 
@@ -185,15 +223,40 @@ def _hf_progress_bars(enabled: bool) -> bool:
     return before
 
 
+def to_run_relative(value, run_dir: Path):
+    """Paths inside the run folder, as stored: relative to the folder, not to the working directory."""
+    if isinstance(value, dict):
+        return {k: to_run_relative(v, run_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_run_relative(v, run_dir) for v in value]
+    if isinstance(value, str):
+        parts, base = Path(value).parts, run_dir.parts
+        if parts[: len(base)] == base and parts[len(base): len(base) + 1] == ("stages",):
+            return str(Path(*parts[len(base):]))
+    return value
+
+
+def stage_output(run_dir: Path, model: str) -> Path:
+    """A stored model path as a path from here. Run folders written before paths were stored relative
+    to the folder hold paths relative to the working directory of their first run."""
+    path = run_dir / model
+    return Path(model) if not path.exists() and Path(model).exists() else path
+
+
 def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:
     # Rank 0's view of the stage decides for all ranks: they skip or run it together.
     row = dist.broadcast_object(ctx.store.stage(name) if dist.is_main() else None)
     if row is not None and row["status"] == "done":
-        log.info("stage %s already done; skipping", name)
         model = (row["result"] or {}).get("model")
-        if model:
-            ctx.outputs[name] = ctx.current_model = model
-        return
+        if not model or (stage_output(ctx.run_dir, model) / "config.json").is_file():
+            log.info("stage %s already done; skipping", name)
+            if model:
+                ctx.outputs[name] = ctx.current_model = str(stage_output(ctx.run_dir, model))
+            return
+        # Its model folder was deleted: the stage runs again, resuming at its last checkpoint (its last
+        # step), which holds the weights; without a checkpoint it trains again from the same seeds.
+        log.warning("stage %s is done but its model folder is missing; rebuilding it", name)
+        ctx.store.reopen_stage(name)
     if row is not None and cfg.kind == "eval":
         ctx.store.truncate_after(name, -1)  # an evaluation killed midway starts over: drop its partial rows
     ctx.store.start_stage(name, cfg.kind, position)
@@ -203,6 +266,6 @@ def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:
         result = module.run(ctx, cfg, name)
     finally:
         ctx.store.add_stage_seconds(name, time.time() - started)
-    ctx.store.finish_stage(name, result)
+    ctx.store.finish_stage(name, to_run_relative(result, ctx.run_dir))
     if result.get("model"):
         ctx.outputs[name] = ctx.current_model = result["model"]

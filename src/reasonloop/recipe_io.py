@@ -38,17 +38,95 @@ def _node_lines(node: yaml.Node, prefix: tuple, out: dict[tuple, int]) -> None:
             _node_lines(item, prefix + (i,), out)
 
 
+# A recipe has a few hundred values; aliases that expand past this are an attack ("billion laughs"):
+# walking or validating the expanded document would take minutes and gigabytes.
+MAX_EXPANDED_VALUES = 100_000
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: YAML keeps the last silently, hiding the first setting."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` may be overridden by keys written beside it
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first set on line {seen[key]})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:
+                continue  # unhashable key: the base constructor reports it
+        return super().construct_mapping(node, deep)
+
+
+class _Refused(Exception):
+    def __init__(self, mark, why: str):
+        self.line, self.why = mark.line + 1, why
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Raise _Refused if aliases expand the document past MAX_EXPANDED_VALUES values or refer to themselves.
+    Sizes are memoised per node, so the check itself costs one visit per distinct node."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in open_nodes:
+            raise _Refused(n.start_mark, "an alias refers to its own anchor")
+        open_nodes.add(id(n))
+        children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else \
+            n.value if isinstance(n, yaml.SequenceNode) else []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_VALUES:
+                raise _Refused(child.start_mark, f"aliases expand the recipe past {MAX_EXPANDED_VALUES} values")
+        open_nodes.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    size(root)
+
+
+def _read_text(p: Path) -> str:
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder, not a recipe file")
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise UserError(f"{p}: cannot read the recipe: {err.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserError(f"{p}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the recipe as "
+                        "UTF-8") from None
+
+
 def load_yaml_with_lines(path: str | Path | None) -> tuple[dict, dict[tuple, int], str]:
     """Parse a recipe; return the data, a map from field path to line, and the file's label."""
     p = resolve_recipe_path(path)
-    text = p.read_text()
+    loader = _RecipeLoader(_read_text(p))
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
         raise UserError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    except _Refused as err:
+        raise UserError(f"{p}:{err.line}: refused: {err.why} (no recipe needs that; a YAML bomb?)") from None
+    except RecursionError:
+        raise UserError(f"{p}: refused: the YAML is nested too deeply") from None
+    finally:
+        loader.dispose()
     if data is None:
         data, node = {}, None
     if not isinstance(data, dict):

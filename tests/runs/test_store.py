@@ -45,3 +45,44 @@ def test_sigkill_mid_write_leaves_a_readable_store(tmp_path):
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     counts = conn.execute("SELECT step, COUNT(*) FROM metrics GROUP BY step").fetchall()
     assert counts and all(n == 50 for _, n in counts)  # whole transactions only
+
+
+def test_full_disk_is_one_line_naming_the_store_and_keeps_earlier_rows(tmp_path):
+    import pytest
+
+    from reasonloop.errors import UserError
+
+    s = RunStore(tmp_path / "s.sqlite")
+    s.log_metrics("a", 1, {"loss": 1.0})
+    # SQLite's own size cap raises the same SQLITE_FULL as a full disk
+    pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+    s.conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(UserError) as err:
+        s.add_samples("a", 2, [{"problem_id": f"p{i}", "completion": "x" * 4000} for i in range(50)])
+    assert str(err.value).startswith(f"{tmp_path / 's.sqlite'}: could not write the run store (database or disk "
+                                     "is full); the rows written before are kept")
+    assert s.metrics("a", "loss") == [(1, 1.0)] and s.samples("a") == []  # the failed write left nothing half-done
+
+
+def test_batch_is_one_transaction(tmp_path):
+    s = RunStore(tmp_path / "s.sqlite")
+    try:
+        with s.batch():
+            s.log_metrics("a", 1, {"loss": 1.0})
+            s.set_meta("mark", True)
+            raise KeyboardInterrupt  # a kill between the writes
+    except KeyboardInterrupt:
+        pass
+    assert s.metrics("a", "loss") == [] and s.get_meta("mark") is None
+
+
+def test_damaged_store_is_named(tmp_path):
+    import pytest
+
+    from reasonloop.errors import UserError
+
+    path = tmp_path / "s.sqlite"
+    RunStore(path).close()
+    path.write_bytes(b"\x13" * 4096)
+    with pytest.raises(UserError, match=r"s.sqlite: the run store is damaged \(file is not a database\); delete it"):
+        RunStore(path)

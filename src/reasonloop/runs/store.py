@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
+
+from reasonloop.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stages (
@@ -36,25 +39,63 @@ class RunStore:
         self.path = Path(path)
         self.readonly = readonly
         self.sinks: list = []  # runs/sinks.py: TensorBoard / W&B / MLflow get every metric row too
+        self._in_batch = False
         if readonly:
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(SCHEMA)
+        try:
+            with self._errors():
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(SCHEMA)
+                # Damage found now is one clear message; found mid-run it would stop a stage halfway.
+                problem = self.conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if problem != "ok":
+                    raise sqlite3.DatabaseError(problem)
+        except UserError:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
         self.conn.close()
 
+    @contextmanager
+    def _errors(self):
+        """SQLite failures a user can act on become one line naming the store file."""
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            if "full" not in str(err) and "disk I/O" not in str(err):
+                raise
+            raise UserError(f"{self.path}: could not write the run store ({err}); the rows written before "
+                            "are kept. Free disk space if it is full, then run the same command to resume") from None
+        except sqlite3.DatabaseError as err:
+            why = " ".join(str(err).split())  # integrity reports span lines
+            raise UserError(f"{self.path}: the run store is damaged ({why}); delete it to rebuild it (stages "
+                            "resume from their checkpoints, evaluations run again) or use another --out") from None
+
+    @contextmanager
+    def batch(self):
+        """Writes inside this block form one transaction: after a kill the store has all of them or none."""
+        if self.readonly or self._in_batch:
+            yield
+            return
+        self._in_batch = True
+        try:
+            with self._errors(), self.conn:
+                self.conn.execute("BEGIN")
+                yield
+        finally:
+            self._in_batch = False
+
     def _tx(self, sql: str, rows: Iterable[tuple] | tuple = ()) -> None:
         if self.readonly:
             return
-        with self.conn:  # one transaction: all rows or none
-            self.conn.execute("BEGIN")
+        with self.batch():  # one transaction: all rows or none
             if isinstance(rows, tuple):
                 self.conn.execute(sql, rows)
             else:
@@ -76,6 +117,19 @@ class RunStore:
                      (name, kind, time.time(), position))
         elif row["status"] != "done":
             self._tx("UPDATE stages SET status = 'running', started = ? WHERE name = ?", (time.time(), name))
+
+    def reopen_stage(self, name: str) -> None:
+        """A finished stage runs again (its output was deleted): it counts as unfinished until it ends."""
+        self._tx("UPDATE stages SET status = 'running', started = ? WHERE name = ?", (time.time(), name))
+
+    def forget_stage(self, name: str) -> None:
+        """Drop every row of a stage, so it can be planned afresh (it failed before producing anything)."""
+        with self.batch():
+            for table in ("metrics", "samples", "problem_stats"):
+                self.conn.execute(f"DELETE FROM {table} WHERE stage = ?", (name,))
+            self.conn.execute("DELETE FROM stages WHERE name = ?", (name,))
+            mark = f"stage:{name}:"  # per-stage marks in meta (e.g. an RFT round's rows are stored)
+            self.conn.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ?", (len(mark), mark))
 
     def add_stage_seconds(self, name: str, seconds: float) -> None:
         """Time spent is accumulated over resumed attempts, so a resumed stage reports its total."""
@@ -120,8 +174,7 @@ class RunStore:
         """Drop rows a killed run wrote after its last checkpoint, so a resume does not count them twice."""
         if self.readonly:
             return
-        with self.conn:
-            self.conn.execute("BEGIN")
+        with self.batch():
             self.conn.execute("DELETE FROM metrics WHERE stage = ? AND step > ?", (stage, step))
             self.conn.execute("DELETE FROM samples WHERE stage = ? AND step > ?", (stage, step))
 

@@ -41,6 +41,10 @@ def evaluate(model, tokenizer, problems: list[Problem], task_cfg, cfg, store=Non
              engine=None, progress: bool = True, step: int = 0) -> dict:
     """Evaluate `model` on `problems` with an EvalStage config; return the summary dict."""
     problems = problems[: cfg.limit] if cfg.limit else problems
+    if not problems:
+        from reasonloop.errors import UserError
+
+        raise UserError(f"{stage}: no problems to evaluate")
     engine = engine or make_engine(model, tokenizer, max_batch=cfg.batch_size, progress=progress)
     prompts = prompts_for(tokenizer, [p.question for p in problems], task_cfg)
     dec = cfg.decoding

@@ -167,10 +167,12 @@ def _sample_round(ctx, cfg, name, r, step, problems, model_ref, pooled, tok) -> 
             write_jsonl_atomic(rdir / "stats.jsonl", stats)
             write_jsonl_atomic(rdir / "kept.jsonl", kept)
         dist.barrier()
-    if dist.is_main() and not (rdir / "stored").exists():
+    stored = f"stage:{name}:round_{r}_stored"  # `stored` file: the mark of run folders written before
+    if dist.is_main() and not (rdir / "stored").exists() and not ctx.store.get_meta(stored):
         samples = load_jsonl(rdir / "samples.jsonl") + (pooled if r == 0 else [])
-        _store_round(ctx, name, r, step, problems, samples, stats, tok)
-        (rdir / "stored").write_text("samples, metrics and pass rates are in the run store\n")
+        with ctx.store.batch():  # the round's rows and the mark that they are stored: all or none after a kill
+            _store_round(ctx, name, r, step, problems, samples, stats, tok)
+            ctx.store.set_meta(stored, True)
     return kept, stats
 
 

@@ -27,7 +27,7 @@ from reasonloop.algos.aggregate import aggregate_denominator, masked_mean
 from reasonloop.algos.estimators import AdvantageInput
 from reasonloop.algos.kl import kl_penalty
 from reasonloop.algos.rl_loss import rl_loss
-from reasonloop.checkpoint import find_checkpoint, load_trainer_state, load_weights_into, save_checkpoint, set_rng_state
+from reasonloop.checkpoint import load_weights_into, read_checkpoint, save_checkpoint, set_rng_state
 from reasonloop.errors import UserError
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
@@ -237,21 +237,20 @@ class RLLoop:
         save_checkpoint(self.ckpt_dir, self.policy, self.tok, self.opt, self.sched, dict(self.state), extra)
 
     def resume(self) -> None:
-        found = find_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
-        if found is None:
-            return
-        load_weights_into(self.policy, found)
-        saved = load_trainer_state(found)
-        self.opt.load_state_dict(saved["optimizer"])
-        self.sched.load_state_dict(saved["scheduler"])
-        if self.value_head is not None:
-            self.value_head.load_state_dict(saved["modules"]["value_head"])
-        set_rng_state(saved["rng"])
-        self.state = dict(saved["state"])
-        self.engine.update_weights(self.policy)
+        found = read_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
+        if found is not None:
+            load_weights_into(self.policy, found)
+            self.opt.load_state_dict(found.optimizer)
+            self.sched.load_state_dict(found.scheduler)
+            if self.value_head is not None:
+                self.value_head.load_state_dict(found.modules["value_head"])
+            set_rng_state(found.rng)
+            self.state = dict(found.state)
+            self.engine.update_weights(self.policy)
+            log.info("%s: resumed from %s at step %d", self.stage, found.path, self.state["step"])
         if self.store is not None and dist.is_main():
+            # Rows a killed run logged after its last checkpoint (all of them, without one) are logged again.
             self.store.truncate_after(self.stage, self.state["step"])
-        log.info("%s: resumed from %s at step %d", self.stage, found, self.state["step"])
 
     def step(self) -> dict[str, float]:
         """One rollout-and-update step; returns its metrics."""
@@ -340,9 +339,10 @@ def train_rl(loop: RLLoop, progress: bool = True) -> dict:
     cfg = loop.cfg
     bar = tqdm(total=cfg.steps, initial=loop.state["step"], desc=loop.stage, unit="step", dynamic_ncols=True,
                disable=not progress or not dist.is_main())
-    last: dict[str, float] = {}
+    last: dict[str, float] = loop.state.get("last", {})
     while loop.state["step"] < cfg.steps:
         last = loop.step()
+        loop.state["last"] = last  # checkpointed with the step: a resume after the last step still reports it
         done = loop.state["step"]
         if loop.eval_fn is not None and done % cfg.eval_every == 0:
             last["eval_top1"] = loop.eval_fn(done)

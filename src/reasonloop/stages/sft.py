@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 from reasonloop import dist
 from reasonloop.algos.logprobs import token_logprobs
 from reasonloop.algos.sft_loss import sft_loss
-from reasonloop.checkpoint import (find_checkpoint, load_trainer_state, load_weights_into,
-                                   save_checkpoint, set_rng_state)
+from reasonloop.checkpoint import load_weights_into, read_checkpoint, save_checkpoint, set_rng_state
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.packing import backbone_and_head, pack_sequences, packed_hidden, plan_microbatches
@@ -119,7 +118,7 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, sta
     plan = make_plan(examples, cfg, order_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = build_optimizer(params, cfg.optim, plan.steps)
-    start = _maybe_resume(model, opt, sched, ckpt_dir, store, stage)
+    start, last = _maybe_resume(model, opt, sched, ckpt_dir, store, stage)
     mask_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
     world = dist.world_size()
     if cfg.grad_accum % world and dist.is_main():
@@ -128,7 +127,6 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, sta
     model.train()
     bar = tqdm(total=plan.steps, initial=start, desc=stage, disable=not progress or not dist.is_main(),
                unit="step", dynamic_ncols=True)
-    last = {}
     for step in range(start, plan.steps):
         t0 = time.time()
         totals = step_gradients(model, examples, plan.step_batches(step), cfg, step=step, ref_model=ref_model,
@@ -191,24 +189,26 @@ def _after_step(done, plan, metrics, model, tokenizer, opt, sched, cfg, store, s
         store.log_metrics(stage, done, metrics)
     if ckpt_dir is not None and (done % cfg.save_every == 0 or done == plan.steps):
         if dist.is_main():
-            save_checkpoint(ckpt_dir, model, tokenizer, opt, sched, {"step": done})
+            # The step's metrics go with it: a run killed after the last checkpoint still reports them.
+            save_checkpoint(ckpt_dir, model, tokenizer, opt, sched, {"step": done, "last": metrics})
         dist.barrier()
 
 
-def _maybe_resume(model, opt, sched, ckpt_dir, store, stage) -> int:
-    found = find_checkpoint(ckpt_dir) if ckpt_dir is not None else None
-    if found is None:
-        return 0
-    load_weights_into(model, found)
-    saved = load_trainer_state(found)
-    opt.load_state_dict(saved["optimizer"])
-    sched.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
-    step = saved["state"]["step"]
+def _maybe_resume(model, opt, sched, ckpt_dir, store, stage) -> tuple[int, dict]:
+    """(first step to run, metrics of the last finished step) from the checkpoint; (0, {}) without one."""
+    found = read_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    step, last = 0, {}
+    if found is not None:
+        load_weights_into(model, found)
+        opt.load_state_dict(found.optimizer)
+        sched.load_state_dict(found.scheduler)
+        set_rng_state(found.rng)
+        step, last = found.state["step"], found.state.get("last", {})
+        log.info("%s: resumed from %s at step %d", stage, found.path, step)
     if store is not None and dist.is_main():
-        store.truncate_after(stage, step)  # rows of the step in flight when the run died
-    log.info("%s: resumed from %s at step %d", stage, found, step)
-    return step
+        # Rows a killed run logged after its last checkpoint (all of them, without one) are logged again.
+        store.truncate_after(stage, step)
+    return step, last
 
 
 def run(ctx, cfg, name: str) -> dict:

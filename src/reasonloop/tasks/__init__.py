@@ -24,6 +24,9 @@ class TaskData:
 def train_subset(problems: list[Problem], cfg) -> list[Problem]:
     """The training problems a stage uses: ``cfg.skip`` left out, then the first ``cfg.limit`` (all if None)."""
     end = None if cfg.limit is None else cfg.skip + cfg.limit
+    if cfg.skip >= len(problems):
+        raise UserError(f"{cfg.name or cfg.kind}: skip={cfg.skip} leaves none of the task's {len(problems)} "
+                        "training problems")
     return problems[cfg.skip:end]
 
 
@@ -75,6 +78,10 @@ def load_task(cfg) -> TaskData:
         train, test = load_gym(cfg.gym)
     else:
         train, test = _load_split(cfg, "train"), _load_split(cfg, "test")
+    for split, problems in (("train", train), ("test", test)):
+        if not problems:  # every metric and schedule divides by the number of problems
+            where = f"reasoning-gym {cfg.gym.name!r}" if cfg.source == "gym" else getattr(cfg, split) or "GSM8K"
+            raise UserError(f"task.{split}: no problems in {where}")
     if cfg.answer_format == "program":
         from reasonloop.tasks.pot import to_pot_problems
 

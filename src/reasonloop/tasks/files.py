@@ -12,10 +12,17 @@ from reasonloop.errors import UserError
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
     """Yield (`file:line`, record); a malformed line raises UserError naming file:line."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path}: is a folder, not a JSONL file")
     if not p.is_file():
         raise UserError(f"{path}: data file not found")
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with p.open("rb") as fh:  # bytes, decoded per line, so a bad byte is reported with its line
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{p}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+                                f"{err.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
