@@ -73,3 +73,12 @@ def test_every_field_has_a_docstring_or_is_self_evident():
     for model in [m for m in vars(c).values() if isinstance(m, type) and issubclass(m, c.Strict)]:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no docstring"
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path):
+    """The loader that refuses duplicate keys and alias bombs keeps YAML's sharing features."""
+    p = write(tmp_path, "stages:\n  - kind: eval\n    decoding: &dec {max_new_tokens: 8, temperature: 0.5}\n"
+              "  - kind: rl\n    decoding:\n      <<: *dec\n      temperature: 1.0\n")
+    r = load_recipe(p)
+    assert r.stages[0].decoding.max_new_tokens == 8 and r.stages[1].decoding.max_new_tokens == 8
+    assert r.stages[1].decoding.temperature == 1.0  # a key beside a merge overrides it, not a duplicate

@@ -327,3 +327,30 @@ def test_cli_rft(digit_dir, tmp_path):
     (stage,) = summary["stages"]
     assert stage["kind"] == "rft" and stage["status"] == "done" and stage["samples_drawn"] == 9
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "stages" / "rft0" / "model")
+
+
+def test_full_disk_while_writing_samples_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from reasonloop.stages.rft_data import load_jsonl, write_jsonl_atomic
+
+    path = tmp_path / "kept.jsonl"
+    write_jsonl_atomic(path, [{"a": 1}])
+    real_fdopen = os.fdopen
+
+    def fdopen_on_a_full_disk(fd, *args, **kwargs):
+        fh = real_fdopen(fd, *args, **kwargs)
+
+        def write(_text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fh.write = write
+        return fh
+
+    monkeypatch.setattr(os, "fdopen", fdopen_on_a_full_disk)
+    with pytest.raises(UserError) as err:
+        write_jsonl_atomic(path, [{"a": 2}])
+    assert str(err.value).startswith(f"{path}: could not write samples (No space left on device); files written "
+                                     "before are kept")
+    monkeypatch.undo()
+    assert load_jsonl(path) == [{"a": 1}] and [p.name for p in tmp_path.iterdir()] == ["kept.jsonl"]
