@@ -99,3 +99,12 @@ def test_cross_field_checks_fail_at_validation(tmp_path, text, message):
 
 def test_a_range_is_checked_only_for_the_scheduler_using_it(tmp_path):
     assert load_recipe(write(tmp_path, "stages:\n  - kind: rl\n    curriculum: {scheduler: static, temperature: 0}\n"))
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path):
+    """The loader that refuses duplicate keys and alias bombs keeps YAML's sharing features."""
+    p = write(tmp_path, "stages:\n  - kind: eval\n    decoding: &dec {max_new_tokens: 8, temperature: 0.5}\n"
+              "  - kind: rl\n    decoding:\n      <<: *dec\n      temperature: 1.0\n")
+    r = load_recipe(p)
+    assert r.stages[0].decoding.max_new_tokens == 8 and r.stages[1].decoding.max_new_tokens == 8
+    assert r.stages[1].decoding.temperature == 1.0  # a key beside a merge overrides it, not a duplicate

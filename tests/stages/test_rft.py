@@ -340,6 +340,33 @@ def test_rft_samples_from_one_model_and_retrains_the_base_as_in_the_paper(digit_
                     run={"engine": "torch"})
     run_dir = tmp_path / "run"
     rounds = run_pipeline(recipe, run_dir, progress=False)["stages"][1]["rounds"]
-    sft_out = str(run_dir / "stages" / "sft" / "model")
-    assert [r["sampled_from"] for r in rounds] == [sft_out, str(run_dir / "stages" / "rft" / "round_0" / "model")]
+    # Paths inside the run folder are stored relative to it.
+    assert [r["sampled_from"] for r in rounds] == ["stages/sft/model", "stages/rft/round_0/model"]
     assert [r["trained_from"] for r in rounds] == [str(digit_dir)] * 2
+
+
+def test_full_disk_while_writing_samples_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from reasonloop.stages.rft_data import load_jsonl, write_jsonl_atomic
+
+    path = tmp_path / "kept.jsonl"
+    write_jsonl_atomic(path, [{"a": 1}])
+    real_fdopen = os.fdopen
+
+    def fdopen_on_a_full_disk(fd, *args, **kwargs):
+        fh = real_fdopen(fd, *args, **kwargs)
+
+        def write(_text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fh.write = write
+        return fh
+
+    monkeypatch.setattr(os, "fdopen", fdopen_on_a_full_disk)
+    with pytest.raises(UserError) as err:
+        write_jsonl_atomic(path, [{"a": 2}])
+    assert str(err.value).startswith(f"{path}: could not write samples (No space left on device); files written "
+                                     "before are kept")
+    monkeypatch.undo()
+    assert load_jsonl(path) == [{"a": 1}] and [p.name for p in tmp_path.iterdir()] == ["kept.jsonl"]

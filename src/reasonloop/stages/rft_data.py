@@ -24,8 +24,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from reasonloop.errors import UserError, write_error
 from reasonloop.stages.rft_paths import dart_allocation, dedup_key, mentions_hint, select_distinct, strip_hint
-from reasonloop.errors import UserError
 from reasonloop.tasks.base import Problem
 from reasonloop.tasks.files import read_jsonl
 from reasonloop.tasks.prompt import answer_line
@@ -199,9 +199,13 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     """Write rows as JSONL through a temp file and a rename: a killed process leaves the old file or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except OSError as err:
+        os.unlink(tmp)
+        raise write_error(path, err, "samples", "files written before are kept") from None
     os.replace(tmp, path)
 
 
