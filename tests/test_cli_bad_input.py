@@ -41,6 +41,24 @@ def _model_with(mutate):
     return setup
 
 
+def _bin_model(content: bytes):
+    """A copy of the tiny model folder whose weights are a `pytorch_model.bin` holding ``content``."""
+    def setup(tmp_path, tiny_model_dir):
+        import shutil
+
+        folder = tmp_path / "model"
+        shutil.copytree(tiny_model_dir, folder)
+        (folder / "model.safetensors").unlink()
+        (folder / "pytorch_model.bin").write_bytes(content)
+        return {"tmp": str(tmp_path), "model": str(folder)}
+    return setup
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open('/tmp/reasonloop-pickle-ran', 'w').write('ran')",))
+
+
 def _gguf(content):
     def setup(tmp_path, tiny_model_dir):
         path = tmp_path / "m.gguf"
@@ -125,6 +143,8 @@ MODEL_CASES = [
      "{model}: could not load model: Error while deserializing header"),
     ("garbage-safetensors", _model_with(lambda b: b"\0" * 100), "{model}: could not load model"),
     ("empty-safetensors", _model_with(lambda b: b""), "{model}: could not load model"),
+    ("garbage-bin", _bin_model(bytes(range(256)) * 8), "{model}: could not load model"),
+    ("pickle-bin-that-runs-code", _bin_model(__import__("pickle").dumps(_RunsCode())), "{model}: could not load model"),
     ("empty-gguf", _gguf(lambda: b""), "{model}: not a readable GGUF model"),
     ("garbage-gguf", _gguf(lambda: b"GGUF" + bytes(range(256)) * 4), "{model}: not a readable GGUF model"),
     ("truncated-gguf", _gguf(lambda: _real_gguf_prefix(3_000_000)), "{model}: not a readable GGUF model"),
@@ -170,3 +190,4 @@ def test_damaged_model_file(case, tmp_path, capsys, tiny_model_dir):
     task.write_text(QA)
     _check(capsys, ["eval", "--model", names["model"], "--task", str(task), "--limit", "1", "--k", "0",
                     "--out", str(tmp_path / "out"), "--no-progress"], expected.format(**names))
+    assert not Path("/tmp/reasonloop-pickle-ran").exists()  # refused by the weights-only load, not run

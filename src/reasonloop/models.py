@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -190,7 +191,8 @@ def load_model(path: str, dtype: str = "auto", device: torch.device | str | None
             model = AutoPeftModelForCausalLM.from_pretrained(where, is_trainable=trainable)
         else:
             model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
-    except (OSError, ValueError, SafetensorError) as err:
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as err:
+        # Unpickling: a .bin checkpoint that is damaged or holds more than weights (loaded weights-only).
         raise UserError(f"{path}: could not load model: {str(err).splitlines()[0]}") from None
     tok = load_tokenizer(str(where))
     # Training keeps fp32 master weights (bf16 weights lose small updates); inference uses `dtype`.

@@ -86,3 +86,21 @@ def test_damaged_store_is_named(tmp_path):
     path.write_bytes(b"\x13" * 4096)
     with pytest.raises(UserError, match=r"s.sqlite: the run store is damaged \(file is not a database\); delete it"):
         RunStore(path)
+
+
+def test_a_database_of_another_schema_is_named_as_damaged(tmp_path):
+    """A valid SQLite file whose tables are not this version's (swapped in, another program's): one line,
+    for the writer and for a read-only reader (report), not a traceback from the first query."""
+    import sqlite3
+
+    import pytest
+
+    from reasonloop.errors import UserError
+
+    path = tmp_path / "s.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript("CREATE TABLE stages(x); CREATE TABLE metrics(y);")
+    conn.close()
+    for readonly in (False, True):
+        with pytest.raises(UserError, match=r"s.sqlite: the run store is damaged \(table 'stages' has columns \['x'\]"):
+            RunStore(path, readonly=readonly)

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +33,26 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
+@lru_cache(maxsize=1)
+def _expected_columns() -> dict[str, list[str]]:
+    """Each table's columns as SCHEMA creates them."""
+    mem = sqlite3.connect(":memory:")
+    mem.executescript(SCHEMA)
+    tables = [name for (name,) in mem.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    columns = {t: [row[1] for row in mem.execute(f"PRAGMA table_info({t})")] for t in tables}
+    mem.close()
+    return columns
+
+
+def _check_tables(conn) -> None:
+    """A store whose tables are not this version's (another program's file, a swapped-in database)
+    is damage to report, not a traceback from the first query that reads a missing column."""
+    for table, expected in _expected_columns().items():
+        found = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+        if found and found != expected:
+            raise sqlite3.DatabaseError(f"table {table!r} has columns {found}, expected {expected}")
+
+
 class RunStore:
     def __init__(self, path: str | Path, readonly: bool = False):
         """`readonly`: what ranks other than 0 of a distributed run hold. Reads work; writes are dropped,
@@ -42,6 +63,12 @@ class RunStore:
         self._in_batch = False
         if readonly:
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            try:
+                with self._errors():
+                    _check_tables(self.conn)
+            except UserError:
+                self.conn.close()
+                raise
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -49,6 +76,7 @@ class RunStore:
             with self._errors():
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
+                _check_tables(self.conn)  # before SCHEMA, whose indexes would fail on foreign tables
                 self.conn.executescript(SCHEMA)
                 # Damage found now is one clear message; found mid-run it would stop a stage halfway.
                 problem = self.conn.execute("PRAGMA quick_check(1)").fetchone()[0]
