@@ -32,7 +32,7 @@ from reasonloop.errors import UserError
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.stages.rollout import generate_judged, sampling_params
-from reasonloop.stages.rl_batch import Rollout, last_token_scores, pack_rollout, policy_stats, row_mask
+from reasonloop.stages.rl_batch import Rollout, last_token_scores, pack_rollout, policy_stats, rollout_metrics, row_mask
 from reasonloop.stages.sft_data import shuffled_order
 from reasonloop.tasks import train_subset
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
@@ -258,7 +258,7 @@ class RLLoop:
         self.policy.eval()
         rollout, sampled = self.collect()
         t_gen = time.time() - t0
-        metrics = self._rollout_metrics(rollout, sampled)
+        metrics = rollout_metrics(rollout, sampled, self.cfg.group_size, self.cfg.dynamic_sampling)
         # Under torchrun a rank whose groups were all dropped cannot sit out the update's collectives alone.
         if dist.all_reduce_max(float(rollout is None)) == 0 and \
                 dist.all_reduce_max(float(self._has_signal(rollout))) > 0:
@@ -272,29 +272,6 @@ class RLLoop:
         if self.curriculum is not None:
             metrics.update(self.curriculum.log(self.state["curriculum"]))
         return metrics
-
-    def _rollout_metrics(self, rollout: Rollout | None, sampled: Rollout | None) -> dict[str, float]:
-        """Reward and accuracy over every sampled rollout (flat groups included: dropping them first
-        would bias the mean towards 0.5), the share of groups whose rewards are all equal (no GRPO/RLOO
-        signal), and how many samples the update trained on."""
-        G = self.cfg.group_size
-        n = float(len(sampled)) if sampled is not None else 0.0
-        flat = float(zero_variance_groups(sampled.rewards, G).sum()) if sampled is not None and G > 1 else 0.0
-        totals = dist.sum_metrics({
-            "sampled": n, "groups": n / G, "flat_groups": flat,
-            "trained": float(len(rollout)) if rollout is not None else 0.0,
-            "reward": sampled.rewards.sum().item() if n else 0.0,
-            "correct": float(sum(sampled.correct)) if n else 0.0,
-            "tokens": float(sum(map(len, sampled.completion_ids))) if n else 0.0})
-        out = {"samples": totals["sampled"], "trained_samples": totals["trained"],
-               "flat_groups": totals["flat_groups"],
-               "flat_share": totals["flat_groups"] / max(totals["groups"], 1.0),
-               "dropped_groups": (totals["sampled"] - totals["trained"]) / G if self.cfg.dynamic_sampling else 0.0}
-        if totals["sampled"]:
-            out.update(reward_mean=totals["reward"] / totals["sampled"],
-                       accuracy=totals["correct"] / totals["sampled"],
-                       response_tokens=totals["tokens"] / totals["sampled"])
-        return out
 
     def _has_signal(self, rollout: Rollout | None) -> bool:
         """False when no sample has a non-zero advantage: GRPO/RLOO with every group's rewards equal and

@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from reasonloop import dist
+
+from reasonloop.algos.advantages import zero_variance_groups
 from reasonloop.algos.logprobs import token_logprobs
 from reasonloop.packing import PackedBatch, backbone_and_head, pack_sequences, packed_hidden
 from reasonloop.tasks.base import Problem
@@ -78,3 +81,26 @@ def last_token_scores(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     out = torch.zeros(mask.shape, dtype=rewards.dtype, device=rewards.device)
     out[torch.arange(mask.shape[0], device=mask.device), last] = rewards
     return out * mask
+
+
+def rollout_metrics(rollout: Rollout | None, sampled: Rollout | None, G: int, dynamic_sampling: bool) -> dict[str, float]:
+    """Reward and accuracy over every sampled rollout (flat groups included: dropping them first
+    would bias the mean towards 0.5), the share of groups whose rewards are all equal (no GRPO/RLOO
+    signal), and how many samples the update trained on."""
+    n = float(len(sampled)) if sampled is not None else 0.0
+    flat = float(zero_variance_groups(sampled.rewards, G).sum()) if sampled is not None and G > 1 else 0.0
+    totals = dist.sum_metrics({
+        "sampled": n, "groups": n / G, "flat_groups": flat,
+        "trained": float(len(rollout)) if rollout is not None else 0.0,
+        "reward": sampled.rewards.sum().item() if n else 0.0,
+        "correct": float(sum(sampled.correct)) if n else 0.0,
+        "tokens": float(sum(map(len, sampled.completion_ids))) if n else 0.0})
+    out = {"samples": totals["sampled"], "trained_samples": totals["trained"],
+           "flat_groups": totals["flat_groups"],
+           "flat_share": totals["flat_groups"] / max(totals["groups"], 1.0),
+           "dropped_groups": (totals["sampled"] - totals["trained"]) / G if dynamic_sampling else 0.0}
+    if totals["sampled"]:
+        out.update(reward_mean=totals["reward"] / totals["sampled"],
+                   accuracy=totals["correct"] / totals["sampled"],
+                   response_tokens=totals["tokens"] / totals["sampled"])
+    return out
