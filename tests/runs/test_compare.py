@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
-from conftest import build_tiny_model
+from conftest import digit_model_dir
 from reasonloop.cli import main
 from reasonloop.config import Recipe, load_recipe
 from reasonloop.runs.compare import paired_with_previous, previous_eval, verdict
@@ -19,26 +18,8 @@ GOLDS = ["3", "3", "3", "7", "5"]
 
 
 def digit_model(tokenizer, out, digit: int):
-    """A 2-layer Llama whose greedy answer to any prompt is `digit`, then end-of-turn (sampling at T=0.7
-    gives it about half the time): the next token depends only on the current one, through the tied
-    embeddings, because attention and MLP outputs are zero (the construction of tests/stages/test_rft.py)."""
-    model = build_tiny_model(len(tokenizer))
-    digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
-    with torch.no_grad():
-        emb = model.model.embed_tokens.weight  # [V, 64], tied to the LM head
-        emb.normal_(0, 0.02)
-        emb[:, 0], emb[:, 1:11] = 1.0, 0.0
-        for d, i in enumerate(digits):
-            emb[i] = 0.0
-            emb[i, 0], emb[i, 1 + d] = (3.2 if d == digit else 3.0), 3.0
-        emb[tokenizer.eos_token_id] = 0.0
-        emb[tokenizer.eos_token_id, 1:11] = 10.0
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    """A tiny model whose greedy answer to any prompt is `digit`, then end-of-turn (conftest.digit_model_dir)."""
+    return str(digit_model_dir(tokenizer, out, favoured=digit))
 
 
 def toy_task(tmp_path) -> dict:

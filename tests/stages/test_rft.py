@@ -17,7 +17,7 @@ from reasonloop.stages.rft_data import (allocate_samples, gold_is_checkable, rea
                                         summarise, training_question)
 from reasonloop.tasks.base import Problem
 
-from conftest import build_tiny_model
+from conftest import digit_model_dir
 
 PROBLEM = Problem(id="q1", question="Tom has 3 bags of 4 apples and eats 2. How many are left?", answer="10",
                   reasoning="3 * 4 = 12 apples. 12 - 2 = 10.")
@@ -195,32 +195,6 @@ def test_settings_checked_before_any_work(tmp_path):
 
 
 # --------------------------------------------------------------------------- tiny model end to end
-
-
-def digit_model_dir(tokenizer, out, favoured=7):
-    """A 2-layer Llama that answers a prompt with one digit then end-of-turn: P(favoured) ~ 0.52, others ~ 0.05.
-
-    Attention and MLP outputs are zeroed, so the next token depends only on the current one through the
-    tied embeddings: every non-digit token points along axis 0 where digits are large; digit d points
-    along axis 1+d, where only end-of-turn is large. Trainable like any model (gradients reach o_proj).
-    """
-    model = build_tiny_model(len(tokenizer))
-    digits = [tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
-    with torch.no_grad():
-        emb = model.model.embed_tokens.weight  # [V, 64], tied to the LM head
-        emb.normal_(0, 0.02)
-        emb[:, 0], emb[:, 1:11] = 1.0, 0.0
-        for d, i in enumerate(digits):
-            emb[i] = 0.0
-            emb[i, 0], emb[i, 1 + d] = (3.2 if d == favoured else 3.0), 3.0
-        emb[tokenizer.eos_token_id] = 0.0
-        emb[tokenizer.eos_token_id, 1:11] = 10.0
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def toy_task(tmp_path):
