@@ -3,9 +3,10 @@ no attention or position leakage between them.
 
 Tokens of all sequences are laid end to end ([1, N]); positions restart at 0 for each sequence. The
 linear layers (most of the compute) see exactly N real tokens. Attention is computed per sequence by
-a registered Hugging Face attention function that scatters q/k/v into a padded [S, H, L, d] block
+a registered Hugging Face attention function that gathers q/k/v into a padded [S, H, L, d] block
 and runs causal SDPA on it; with right padding and a causal mask, real queries never see padding, and
-sequences never see each other.
+sequences never see each other. Sequences that share a prompt (an RL group) may carry it once: the
+gather puts the same prompt tokens at the head of each of their rows.
 """
 
 from __future__ import annotations
@@ -23,36 +24,65 @@ ATTN_NAME = "reasonloop_packed"
 class PackedBatch:
     input_ids: torch.Tensor  # [1, N]
     position_ids: torch.Tensor  # [1, N]
-    dest: torch.Tensor  # [N]: slot of each token in the padded [S * L] layout
+    src: torch.Tensor  # [S * L]: the packed token shown in each slot of the padded [S, L] layout (N: padding)
+    dest: torch.Tensor  # [N]: the slot each token's attention output is read from
     num_seqs: int
     max_len: int
     seq_lens: list[int]
-    loss_mask: torch.Tensor  # [N] bool: position t predicts token t+1 of the same sequence and is trained
-    targets: torch.Tensor  # [N] long: the next token (0 where loss_mask is False)
+    pred_index: torch.Tensor  # [n]: the packed token whose hidden state predicts each trained token
+    pred_slots: torch.Tensor  # [n]: that prediction's slot in [S, L] (row: sequence, column: position before it)
+    targets: torch.Tensor  # [n] long: the trained tokens
 
 
-def pack_sequences(seqs: list[list[int]], trained_from: list[int], device="cpu") -> PackedBatch:
+def pack_sequences(seqs: list[list[int]], trained_from: list[int], device="cpu",
+                   share_prompts: bool = False) -> PackedBatch:
     """Lay `seqs` end to end. Tokens at index >= trained_from[i] of sequence i are targets (the response).
 
     The loss sits on the position *before* each target token, so a response starting at index r is
     predicted from positions r-1 .. len-2 of its own sequence.
+
+    ``share_prompts``: sequences whose prompts (``seq[:trained_from]``) are equal, as the G samples of one
+    RL group are, carry the prompt tokens once; each sequence's attention still sees them as its own
+    prefix (the padded [S, L] layout gathers them into every row), so the result is the same while the
+    linear layers, most of the compute, run on the prompt once per group instead of G times.
     """
     lens = [len(s) for s in seqs]
-    max_len = max(lens)
-    ids, pos, dest, mask, tgt = [], [], [], [], []
+    S, L = len(seqs), max(lens)
+    ids: list[int] = []
+    pos: list[int] = []
+    dest: list[int] = []
+    src: list[list[int]] = []  # per row: the packed tokens it shows, in order
+    shared: dict[tuple[int, ...], list[int]] = {}
     for i, (s, start) in enumerate(zip(seqs, trained_from)):
-        ids += s
-        pos += range(len(s))
-        dest += range(i * max_len, i * max_len + len(s))
-        for t in range(len(s)):
-            trained = t + 1 < len(s) and t + 1 >= start
-            mask.append(trained)
-            tgt.append(s[t + 1] if trained else 0)
+        start = max(1, min(start, len(s)))  # token 0 has no position before it to predict it from
+        key = tuple(s[:start])
+        row = shared.get(key) if share_prompts else None
+        if row is None:  # this row shows the prompt first and supplies its outputs
+            row = list(range(len(ids), len(ids) + start))
+            ids += s[:start]
+            pos += range(start)
+            dest += range(i * L, i * L + start)
+            if share_prompts:
+                shared[key] = row
+        rest = range(len(ids), len(ids) + len(s) - start)
+        ids += s[start:]
+        pos += range(start, len(s))
+        dest += range(i * L + start, i * L + len(s))
+        src.append(row + list(rest))
+    n_tokens = len(ids)
+    slots = torch.full((S * L,), n_tokens, dtype=torch.long)
+    for i, row in enumerate(src):
+        slots[i * L: i * L + len(row)] = torch.tensor(row, dtype=torch.long)
+    # Target j >= start of row i is predicted at column j - 1 of that row.
+    pred_slots = [i * L + j - 1 for i, (s, start) in enumerate(zip(seqs, trained_from))
+                  for j in range(max(1, start), len(s))]
+    targets = [s[j] for s, start in zip(seqs, trained_from) for j in range(max(1, start), len(s))]
     as_long = dict(dtype=torch.long, device=device)
+    slots = slots.to(device)
+    pred = torch.tensor(pred_slots, **as_long)
     return PackedBatch(input_ids=torch.tensor([ids], **as_long), position_ids=torch.tensor([pos], **as_long),
-                       dest=torch.tensor(dest, **as_long), num_seqs=len(seqs), max_len=max_len, seq_lens=lens,
-                       loss_mask=torch.tensor(mask, dtype=torch.bool, device=device),
-                       targets=torch.tensor(tgt, **as_long))
+                       src=slots, dest=torch.tensor(dest, **as_long), num_seqs=S, max_len=L, seq_lens=lens,
+                       pred_index=slots[pred], pred_slots=pred, targets=torch.tensor(targets, **as_long))
 
 
 def plan_microbatches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -79,11 +109,10 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     pack: PackedBatch = kwargs["packed"]
     S, L = pack.num_seqs, pack.max_len
 
-    def padded(x):  # [1, H, N, d] -> [S, H, L, d]
+    def padded(x):  # [1, H, N, d] -> [S, H, L, d]; a shared prompt token appears in several rows
         h, d = x.shape[1], x.shape[3]
-        out = x.new_zeros(S * L, h, d)
-        out[pack.dest] = x[0].transpose(0, 1)
-        return out.view(S, L, h, d).transpose(1, 2)
+        tokens = torch.cat([x[0].transpose(0, 1), x.new_zeros(1, h, d)])  # [N + 1, H, d]; row N: padding
+        return tokens[pack.src].view(S, L, h, d).transpose(1, 2)
 
     q, k, v = padded(query), padded(key), padded(value)
     groups = q.shape[1] // k.shape[1]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -62,6 +62,15 @@ class RLLoop:
                       "curriculum": curriculum.init_state() if curriculum is not None else None}
         self.order = shuffled_order(len(problems), cfg.seed, 0)
         self._prompt_cache: dict[int, list[int]] = {}
+        self.seconds: dict[str, float] = {}  # this step's time per phase, logged as time/<phase>
+
+    @contextmanager
+    def _timed(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
     # ------------------------------------------------------------------ rollout
     def _pick(self, n: int, attempt: int) -> list[int]:
@@ -85,7 +94,7 @@ class RLLoop:
                                  seed=cfg.seed * 1_000_003 + self.state["step"] * 101 + attempt)
         prompts = [self._prompt_ids(i) for i in indices]
         groups = generate_judged(self.engine, prompts, [self.problems[i] for i in indices], self.task_cfg, params,
-                                 progress=False)
+                                 progress=False, seconds=self.seconds)
         rows = [(i, p, s, v) for i, p, group in zip(indices, prompts, groups) for s, v in group]
         problems = [self.problems[i] for i, _, _, _ in rows]
         texts = [s.text for _, _, s, _ in rows]
@@ -172,12 +181,16 @@ class RLLoop:
     def update(self, rollout: Rollout) -> dict[str, float]:
         cfg, value_head = self.cfg, self.estimator.value_head
         need_old = value_head or cfg.epochs > 1 or cfg.minibatches > 1
-        old = self._no_grad_stats(self.policy, rollout, cfg.minibatches, values=value_head) if need_old else None
+        old = None
+        if need_old:
+            with self._timed("old_logprobs"):
+                old = self._no_grad_stats(self.policy, rollout, cfg.minibatches, values=value_head)
         ref_logp = None
         if cfg.kl_coef > 0:
             lora_ref = self.ref_model is None
-            ref_logp = self._no_grad_stats(self.policy if lora_ref else self.ref_model, rollout, cfg.minibatches,
-                                           disable_adapter=lora_ref)["logp"]
+            with self._timed("ref_logprobs"):
+                ref_logp = self._no_grad_stats(self.policy if lora_ref else self.ref_model, rollout,
+                                               cfg.minibatches, disable_adapter=lora_ref)["logp"]
         full = pack_rollout(rollout, list(range(len(rollout))), self.device)
         mask_full = row_mask(full)
         adv, returns = self._advantages(rollout, old, ref_logp, mask_full)
@@ -189,7 +202,8 @@ class RLLoop:
         for epoch in range(cfg.epochs):
             perm = np.random.default_rng([cfg.seed, self.state["step"], epoch]).permutation(len(rollout))
             for rows in np.array_split(perm, splits):
-                m = self._minibatch(rollout, rows.tolist(), old, ref_logp, adv, returns)
+                with self._timed("update"):
+                    m = self._minibatch(rollout, rows.tolist(), old, ref_logp, adv, returns)
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -255,6 +269,7 @@ class RLLoop:
     def step(self) -> dict[str, float]:
         """One rollout-and-update step; returns its metrics."""
         t0 = time.time()
+        self.seconds = {}
         self.policy.eval()
         rollout, sampled = self.collect()
         t_gen = time.time() - t0
@@ -263,11 +278,13 @@ class RLLoop:
         if dist.all_reduce_max(float(rollout is None)) == 0 and \
                 dist.all_reduce_max(float(self._has_signal(rollout))) > 0:
             metrics.update(self.update(rollout))
-            self.engine.update_weights(self.policy)
+            with self._timed("sync"):  # the rollout engine takes the new weights
+                self.engine.update_weights(self.policy)
         else:
             self._skip_update(metrics)
         self._update_curriculum(sampled)
         metrics.update(gen_seconds=t_gen, train_seconds=time.time() - t0 - t_gen)
+        metrics.update({f"time/{phase}": s for phase, s in self.seconds.items()})
         self.state["step"] += 1
         if self.curriculum is not None:
             metrics.update(self.curriculum.log(self.state["curriculum"]))
@@ -322,7 +339,9 @@ def train_rl(loop: RLLoop, progress: bool = True) -> dict:
         loop.state["last"] = last  # checkpointed with the step: a resume after the last step still reports it
         done = loop.state["step"]
         if loop.eval_fn is not None and done % cfg.eval_every == 0:
+            t0 = time.perf_counter()
             last["eval_top1"] = loop.eval_fn(done)
+            last["time/eval"] = time.perf_counter() - t0
         if loop.store is not None and dist.is_main():
             loop.store.log_metrics(loop.stage, done, last)
         if done % cfg.save_every == 0 or done == cfg.steps:

@@ -47,18 +47,18 @@ class Rollout:
 
 def pack_rollout(rollout: Rollout, rows: list[int], device="cpu") -> PackedBatch:
     seqs = [rollout.prompt_ids[i] + rollout.completion_ids[i] for i in rows]
-    return pack_sequences(seqs, [len(rollout.prompt_ids[i]) for i in rows], device=device)
+    # The G samples of a group share their prompt: its tokens go through the model once, not G times.
+    return pack_sequences(seqs, [len(rollout.prompt_ids[i]) for i in rows], device=device, share_prompts=True)
 
 
 def to_rows(batch: PackedBatch, values: torch.Tensor) -> torch.Tensor:
     """Values at trained positions [n] -> [S, L] (0 elsewhere)."""
-    slots = batch.dest[batch.loss_mask]
     out = torch.zeros(batch.num_seqs * batch.max_len, dtype=values.dtype, device=values.device)
-    return out.index_put((slots,), values).view(batch.num_seqs, batch.max_len)
+    return out.index_put((batch.pred_slots,), values).view(batch.num_seqs, batch.max_len)
 
 
 def row_mask(batch: PackedBatch) -> torch.Tensor:
-    return to_rows(batch, torch.ones(int(batch.loss_mask.sum()), device=batch.dest.device)).bool()
+    return to_rows(batch, torch.ones(len(batch.targets), device=batch.dest.device)).bool()
 
 
 def policy_stats(model, batch: PackedBatch, temperature: float, with_entropy: bool = False,
@@ -66,9 +66,8 @@ def policy_stats(model, batch: PackedBatch, temperature: float, with_entropy: bo
     """Per-token log-probs (under the sampling temperature), entropy and values, each [S, L]."""
     hidden = packed_hidden(model, batch)  # [N, H]
     _, head = backbone_and_head(model)
-    sel = batch.loss_mask
-    h = hidden[sel]  # [n, H]
-    stats = token_logprobs(h, head, batch.targets[sel], temperature=temperature, with_entropy=with_entropy)
+    h = hidden[batch.pred_index]  # [n, H]
+    stats = token_logprobs(h, head, batch.targets, temperature=temperature, with_entropy=with_entropy)
     out = {k: to_rows(batch, v) for k, v in stats.items()}
     if value_head is not None:
         out["values"] = to_rows(batch, value_head(h.to(value_head.weight.dtype)).squeeze(-1))

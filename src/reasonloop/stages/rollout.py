@@ -7,6 +7,7 @@ stage at once (DESIGN.md: "One way to sample and judge").
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from reasonloop.generate.base import Sample, SamplingParams
 from reasonloop.tasks.base import Problem
@@ -30,12 +31,19 @@ def prompts_for(tokenizer, questions: list[str], task_cfg) -> list[str]:
 
 
 def generate_judged(engine, prompt_ids: list[list[int]], problems: list[Problem], task_cfg,
-                    params: SamplingParams, progress: bool = True) -> list[list[tuple[Sample, Verdict]]]:
+                    params: SamplingParams, progress: bool = True,
+                    seconds: dict[str, float] | None = None) -> list[list[tuple[Sample, Verdict]]]:
     """``params.n`` samples per prompt, each judged once against its problem (all in one judge call, so
-    program-of-thought programs run in parallel), grouped per prompt."""
+    program-of-thought programs run in parallel), grouped per prompt. ``seconds``, if given, gains the
+    time spent in `generate` and `judge`."""
+    t0 = time.perf_counter()
     outputs = engine.generate(prompt_ids, params, progress=progress)
+    t1 = time.perf_counter()
     verdicts = iter(judge([s.text for group in outputs for s in group],
                           [p for p, group in zip(problems, outputs) for _ in group], task_cfg))
+    if seconds is not None:
+        seconds["generate"] = seconds.get("generate", 0.0) + t1 - t0
+        seconds["judge"] = seconds.get("judge", 0.0) + time.perf_counter() - t1
     return [[(s, next(verdicts)) for s in group] for group in outputs]
 
 

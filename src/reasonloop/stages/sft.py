@@ -78,7 +78,7 @@ def microbatch_loss(model, examples: list[Example], mb: list[int], cfg, *, ref_m
                                          generator).to(device)[None]
     hidden = packed_hidden(model, batch)  # [N, H]
     _, head = backbone_and_head(model)
-    sel = batch.loss_mask
+    sel = batch.pred_index
     ref_hidden = ref_weight = None
     if cfg.objective == "asft":
         # The anchor is the frozen start model: a separate copy, or (LoRA) the base with adapters off.
@@ -87,9 +87,9 @@ def microbatch_loss(model, examples: list[Example], mb: list[int], cfg, *, ref_m
         with torch.no_grad(), (model.disable_adapter() if lora_base else nullcontext()):
             ref_hidden = packed_hidden(ref, batch)[sel]
             ref_weight = backbone_and_head(ref)[1].detach()
-    stats = token_logprobs(hidden[sel], head, batch.targets[sel], ref_hidden=ref_hidden, ref_weight=ref_weight)
+    stats = token_logprobs(hidden[sel], head, batch.targets, ref_hidden=ref_hidden, ref_weight=ref_weight)
     S, L = batch.num_seqs, batch.max_len
-    slots = batch.dest[sel]
+    slots = batch.pred_slots
 
     def as_2d(values):  # [n_trained] -> [S, L] in the padded layout, for per-sequence reductions
         out = torch.zeros(S * L, dtype=values.dtype, device=values.device)
