@@ -248,7 +248,10 @@ class RlStage(StageBase):
     epochs: int = Field(1, ge=1)
     """Passes over each rollout batch (PPO: 2 in ReFT)."""
     minibatches: int = Field(1, ge=1)
-    """Minibatches per rollout batch and epoch."""
+    """Minibatches per rollout batch and epoch (one optimizer step each)."""
+    micro_batch_tokens: int = Field(2048, ge=1)
+    """Most tokens in one forward of the update (a group's shared prompt counts once); a minibatch larger
+    than this accumulates gradients over several forwards. Bounds activation memory, not the result."""
     aggregate: Literal["token_mean", "seq_mean", "seq_sum_norm"] = "token_mean"
     """Loss reduction; `seq_sum_norm` divides each sequence's sum by max_new_tokens (Dr. GRPO)."""
     scale_std: bool = True

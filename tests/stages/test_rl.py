@@ -217,3 +217,24 @@ def test_ppo_reward_penalty_uses_the_configured_kl_estimator(estimator, kl_per_t
     _, returns = RLLoop._advantages(loop, SimpleNamespace(rewards=torch.tensor([1.0])), old,
                                     torch.tensor([[-1.5, -2.5]]), mask)
     assert returns[0, 0].item() == pytest.approx(1.0 - 0.1 * 2 * kl_per_token, abs=1e-6)
+
+
+@pytest.mark.parametrize("aggregate", ["token_mean", "seq_mean", "seq_sum_norm"])
+def test_micro_batches_do_not_change_the_update(tiny_model_dir, tmp_path, aggregate):
+    # Gradient accumulation over micro-batches of a few tokens must give the gradient one forward gives
+    # (each micro-batch weighted by its share of the minibatch's tokens or sequences).
+    def first_step_gradient(micro_batch_tokens, where):
+        cfg = rl_cfg("grpo", steps=1, aggregate=aggregate, micro_batch_tokens=micro_batch_tokens)
+        loop = make_loop(tiny_model_dir, cfg, tmp_path / where,
+                         reward_fn=lambda completions, problems: [float(len(c) % 3) for c in completions])
+        grads = []
+        step = loop.opt.step
+        loop.opt.step = lambda: (grads.extend(p.grad.clone() for p in loop.params), step())
+        metrics = loop.step()
+        return metrics, torch.cat([g.flatten() for g in grads])
+
+    whole, grad_whole = first_step_gradient(10**6, "whole")
+    split, grad_split = first_step_gradient(24, "split")
+    assert whole.get("skipped_update") is None and split["loss"] == pytest.approx(whole["loss"], abs=1e-6)
+    assert grad_whole.norm() > 0
+    torch.testing.assert_close(grad_split, grad_whole, atol=1e-6 * grad_whole.abs().max().item(), rtol=1e-4)

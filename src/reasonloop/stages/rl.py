@@ -32,7 +32,8 @@ from reasonloop.errors import UserError
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.stages.rollout import generate_judged, sampling_params
-from reasonloop.stages.rl_batch import Rollout, last_token_scores, pack_rollout, policy_stats, rollout_metrics, row_mask
+from reasonloop.stages.rl_batch import (Rollout, completion_mask, last_token_scores, pack_rollout,
+                                        plan_micro_batches, policy_stats, rollout_metrics, row_mask)
 from reasonloop.stages.sft_data import shuffled_order
 from reasonloop.tasks import train_subset
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
@@ -145,15 +146,14 @@ class RLLoop:
         return (rollout if rollout is not None and len(rollout) else None), everything
 
     # ------------------------------------------------------------------ update
-    def _no_grad_stats(self, model, rollout, chunks, values=False, disable_adapter=False):
-        """Per-token stats of all rows in the [N, L] layout, computed in row chunks to bound memory."""
+    def _no_grad_stats(self, model, rollout, values=False, disable_adapter=False):
+        """Per-token stats of all rows in the [N, L] layout, computed in micro-batches to bound memory."""
         n = len(rollout)
         full_len = max(len(p) + len(c) for p, c in zip(rollout.prompt_ids, rollout.completion_ids))
         out: dict[str, torch.Tensor] = {}
         ctx = model.disable_adapter() if disable_adapter else nullcontext()
         with torch.no_grad(), ctx, self._autocast():
-            for rows in np.array_split(np.arange(n), max(1, min(chunks, n))):
-                rows = rows.tolist()
+            for rows in plan_micro_batches(rollout, list(range(n)), self.cfg.micro_batch_tokens):
                 batch = pack_rollout(rollout, rows, self.device)
                 stats = policy_stats(model, batch, self.cfg.decoding.temperature,
                                      value_head=self.value_head if values else None)
@@ -184,13 +184,13 @@ class RLLoop:
         old = None
         if need_old:
             with self._timed("old_logprobs"):
-                old = self._no_grad_stats(self.policy, rollout, cfg.minibatches, values=value_head)
+                old = self._no_grad_stats(self.policy, rollout, values=value_head)
         ref_logp = None
         if cfg.kl_coef > 0:
             lora_ref = self.ref_model is None
             with self._timed("ref_logprobs"):
                 ref_logp = self._no_grad_stats(self.policy if lora_ref else self.ref_model, rollout,
-                                               cfg.minibatches, disable_adapter=lora_ref)["logp"]
+                                               disable_adapter=lora_ref)["logp"]
         full = pack_rollout(rollout, list(range(len(rollout))), self.device)
         mask_full = row_mask(full)
         adv, returns = self._advantages(rollout, old, ref_logp, mask_full)
@@ -211,13 +211,36 @@ class RLLoop:
         return {k: v / count for k, v in sums.items()}
 
     def _minibatch(self, rollout, rows, old, ref_logp, adv, returns) -> dict[str, float]:
+        """One optimizer step on ``rows``, accumulated over micro-batches of at most `micro_batch_tokens`."""
+        cfg = self.cfg
+        norm = float(cfg.decoding.max_new_tokens)  # seq_sum_norm's constant (Dr. GRPO)
+        micro = plan_micro_batches(rollout, rows, cfg.micro_batch_tokens)
+        counts = [aggregate_denominator(completion_mask(rollout, m), cfg.aggregate, norm) for m in micro]
+        # Each micro-batch's loss is an aggregate over its own rows; weighted by its share of the
+        # minibatch's count (over every rank) and summed, it is the minibatch's loss, however it was split.
+        total = sum(counts)
+        if dist.active():
+            total = dist.all_reduce_sum(torch.tensor([total], dtype=torch.float64)).item()
+        metrics: dict[str, float] = {}
+        for m, count in zip(micro, counts):
+            part = count / total if total > 0 else 0.0
+            for k, v in self._micro_loss(rollout, m, old, ref_logp, adv, returns, part).items():
+                metrics[k] = metrics.get(k, 0.0) + v * part
+        dist.sync_gradients(self.params)
+        metrics = dist.sum_metrics(metrics) if dist.active() else metrics
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or 1e9))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return metrics
+
+    def _micro_loss(self, rollout, rows, old, ref_logp, adv, returns, weight: float) -> dict[str, float]:
+        """Backpropagate ``weight`` times the loss of ``rows``; return its (unweighted) metrics."""
         cfg = self.cfg
         batch = pack_rollout(rollout, rows, self.device)
         L, mask = batch.max_len, row_mask(batch)
         with self._autocast():
             cur = policy_stats(self.policy, batch, cfg.decoding.temperature, with_entropy=True,
                                value_head=self.value_head)
-        norm = float(cfg.decoding.max_new_tokens)  # seq_sum_norm's constant (Dr. GRPO)
         old_logp = old["logp"][rows, :L] if old is not None else cur["logp"].detach()
         a = adv[rows] if adv.dim() == 1 else adv[rows, :L]
         kl = kl_penalty(cur["logp"], ref_logp[rows, :L], cfg.kl_estimator_or_default()) \
@@ -227,20 +250,12 @@ class RLLoop:
             value_parts = dict(values=cur["values"], old_values=old["values"][rows, :L], returns=returns[rows, :L],
                                value_clip=cfg.value_clip, vf_coef=cfg.vf_coef)
         loss, parts = rl_loss(cur["logp"], old_logp, a, mask, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                              mode=cfg.aggregate, norm_const=norm, kl=kl,
+                              mode=cfg.aggregate, norm_const=float(cfg.decoding.max_new_tokens), kl=kl,
                               kl_coef=cfg.kl_coef if self.kl_in == "loss" else 0.0, **value_parts)
+        (loss * weight).backward()
         metrics = {k: v.item() for k, v in parts.items()}
         metrics["entropy"] = masked_mean(cur["entropy"], mask).item()
-        # Each rank's loss is a mean over its rows; weighted by its share of the global count and summed
-        # over ranks (sync_gradients) it is the loss of the whole minibatch, as in one process.
-        part = dist.share(aggregate_denominator(mask, cfg.aggregate, norm)) if dist.active() else 1.0
-        (loss * part).backward()
-        dist.sync_gradients(self.params)
         metrics["loss"] = loss.item()
-        metrics = dist.sum_metrics({k: v * part for k, v in metrics.items()}) if dist.active() else metrics
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or 1e9))
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
         return metrics
 
     # ------------------------------------------------------------------ bookkeeping

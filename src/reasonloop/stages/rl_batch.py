@@ -51,6 +51,35 @@ def pack_rollout(rollout: Rollout, rows: list[int], device="cpu") -> PackedBatch
     return pack_sequences(seqs, [len(rollout.prompt_ids[i]) for i in rows], device=device, share_prompts=True)
 
 
+def plan_micro_batches(rollout: Rollout, rows: list[int], budget: int) -> list[list[int]]:
+    """Split ``rows`` into micro-batches of at most ``budget`` packed tokens (a row longer than that goes
+    alone). Rows of one prompt stay together where they fit, and their prompt counts once, as packing
+    with shared prompts lays it out."""
+    rows = sorted(rows, key=lambda r: (rollout.prompt_ids[r], r))  # the samples of a prompt side by side
+    plan: list[list[int]] = []
+    cur: list[int] = []
+    used, seen = 0, set()
+    for r in rows:
+        prompt = tuple(rollout.prompt_ids[r])
+        cost = len(rollout.completion_ids[r]) + (0 if prompt in seen else len(prompt))
+        if cur and used + cost > budget:
+            plan.append(cur)
+            cur, used, seen = [], 0, set()
+            cost = len(rollout.completion_ids[r]) + len(prompt)
+        cur.append(r)
+        used += cost
+        seen.add(prompt)
+    if cur:
+        plan.append(cur)
+    return plan
+
+
+def completion_mask(rollout: Rollout, rows: list[int]) -> torch.Tensor:
+    """[B, T] mask of the completion tokens of ``rows``: what a loss over them aggregates."""
+    lens = torch.tensor([len(rollout.completion_ids[r]) for r in rows])
+    return torch.arange(int(lens.max()) if len(rows) else 0)[None, :] < lens[:, None]
+
+
 def to_rows(batch: PackedBatch, values: torch.Tensor) -> torch.Tensor:
     """Values at trained positions [n] -> [S, L] (0 elsewhere)."""
     out = torch.zeros(batch.num_seqs * batch.max_len, dtype=values.dtype, device=values.device)
