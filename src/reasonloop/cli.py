@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 from reasonloop.errors import UserError
-
-STAGE_KINDS = ("eval", "sft", "rft", "rl")
+from reasonloop.stage_registry import get_stage, stage_kinds
 
 
 def _task_section(spec: str) -> dict:
@@ -47,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("recipe")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
-    for kind in STAGE_KINDS:
-        s = sub.add_parser(kind, help=f"run one {kind} stage")
+    for kind in stage_kinds():
+        s = sub.add_parser(kind, help=f"run one {kind} stage: {get_stage(kind).help}")
         s.add_argument("--model", default="default", help="default | HF folder | .gguf | hub id")
         s.add_argument("--task", default="gsm8k", help="gsm8k | gym:<name> | file.jsonl")
         s.add_argument("--out", default=None, help="run folder")
@@ -131,7 +130,7 @@ def _dispatch(args) -> int:
         recipe = load_recipe(args.recipe, args.set)
         label = Path(args.recipe).stem if args.recipe else "default"
         return _run(recipe, args.out, label, not args.no_progress)
-    if args.command in STAGE_KINDS:
+    if args.command in stage_kinds():
         return _run(_one_stage_recipe(args), args.out, args.command, not args.no_progress)
     if args.command == "report":
         from reasonloop.runs.report import write_report

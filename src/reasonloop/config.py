@@ -11,9 +11,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from reasonloop import stage_registry
 from reasonloop.recipe_io import apply_override, load_yaml_with_lines, parse_overrides, validate_with_lines
 from reasonloop.stage_config import (CurriculumConfig, Decoding, EvalStage, OptimConfig, RftStage, RlStage,  # noqa: F401
-                                     SftStage, Stage, StageBase, Strict)
+                                     SftStage, StageBase, Strict)
+
+Stage = stage_registry.stage_union()  # the registered stage kinds; rebuilt when one is registered
 
 
 # --------------------------------------------------------------------------- model
@@ -159,6 +162,17 @@ class Recipe(Strict):
 
     def stage_names(self) -> list[str]:
         return [s.name or f"{s.kind}{i}" for i, s in enumerate(self.stages)]
+
+
+def _rebuild_stage_union() -> None:
+    """Point `Recipe.stages` at the stage kinds registered now (pydantic fixes a union when a model is built)."""
+    global Stage
+    Stage = stage_registry.stage_union()
+    Recipe.model_fields["stages"].annotation = list[Stage]
+    Recipe.model_rebuild(force=True)
+
+
+stage_registry.on_change(_rebuild_stage_union)
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
