@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from reasonloop import dist
+from reasonloop.atomic import write_text_atomic
 from reasonloop.config import Recipe
 from reasonloop.errors import UserError
 from reasonloop.runs.lock import RunLock
@@ -152,9 +153,7 @@ def write_summary(ctx: RunContext, extra: dict | None = None) -> dict:
     ablation = _ablation(ctx, entries)
     if ablation:
         summary["ablation"] = ablation
-    tmp = ctx.run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(ctx.run_dir / "summary.json")
+    write_text_atomic(ctx.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
