@@ -1,7 +1,7 @@
 """Problem sources (GSM8K, JSONL/Parquet/HF datasets, reasoning-gym) behind one `load_task`.
 
-Each source is a module here that registers itself (`tasks.registry`); importing this package
-registers the built-in ones. A new source is one more module and its import below.
+Each source is a module here that registers itself (`tasks.registry`, which imports the built-in ones
+when it is first read).
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reasonloop.errors import UserError
-# Each registers its source; this order is the order `reasonloop tasks` and `--task` errors list them in.
-from reasonloop.tasks import gsm8k, jsonl, parquet, hf, gym  # noqa: F401,I001
 from reasonloop.tasks.base import Problem
 from reasonloop.tasks.gsm8k import default_gsm8k_path
 from reasonloop.tasks.registry import get_source, task_sources

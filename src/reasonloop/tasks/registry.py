@@ -1,12 +1,14 @@
 """Task sources: one table `name -> (loader, --task spec parser)`, the reasoning-gym way.
 
-Each source is one module in this package that builds its loader and calls `register_source`; the
+Each source is one module in this package that builds its loader and calls `register_source` (built-in
+ones are listed in BUILTIN_SOURCES; user code imports its own before loading a recipe); the
 recipe's `task.source` field, `load_task` and the command line's `--task` read this table. A new source
 is one file (plus its test, which can register a toy source the same way).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,7 +32,24 @@ class TaskSource:
     """describe(task_cfg, split) -> what an empty split came from, for the error (default: the split's path)."""
 
 
+# The built-in sources, one module each, imported when the table is first read: `reasonloop.tasks` stays
+# importable without pydantic or reasoning-gym (the sandbox's child imports the verifier, which imports it).
+# This order is the order `reasonloop tasks` and `--task` errors list them in.
+BUILTIN_SOURCES = ("gsm8k", "jsonl", "parquet", "hf", "gym")
+
 _SOURCES: dict[str, TaskSource] = {}
+_builtins_loaded = False
+
+
+def _sources() -> dict[str, TaskSource]:
+    """Every registered source, the built-in ones first, in BUILTIN_SOURCES order."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True  # before the imports: each module calls register_source
+        for name in BUILTIN_SOURCES:
+            importlib.import_module(f"reasonloop.tasks.{name}")
+    builtin = {name: _SOURCES[name] for name in BUILTIN_SOURCES if name in _SOURCES}
+    return {**builtin, **{name: s for name, s in _SOURCES.items() if name not in builtin}}
 
 
 def register_source(source: TaskSource) -> TaskSource:
@@ -43,22 +62,22 @@ def unregister_source(name: str) -> None:
 
 
 def task_sources() -> tuple[str, ...]:
-    return tuple(_SOURCES)
+    return tuple(_sources())
 
 
 def get_source(name: str) -> TaskSource:
-    if name not in _SOURCES:
-        raise UserError(f"task.source: unknown source {name!r}; expected one of {', '.join(_SOURCES)}")
+    if name not in _sources():
+        raise UserError(f"task.source: unknown source {name!r}; expected one of {', '.join(_sources())}")
     return _SOURCES[name]
 
 
 def task_section(spec: str) -> dict:
     """The `task` section a `--task SPEC` flag stands for; the first source that claims SPEC wins."""
-    for source in _SOURCES.values():
+    for source in _sources().values():
         section = source.parse_spec(spec) if source.parse_spec is not None else None
         if section is not None:
             return section
-    expected = ", ".join(s.spec_help for s in _SOURCES.values() if s.spec_help)
+    expected = ", ".join(s.spec_help for s in _sources().values() if s.spec_help)
     raise UserError(f"--task {spec}: unknown task (expected {expected})")
 
 
