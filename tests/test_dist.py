@@ -24,6 +24,8 @@ import yaml
 
 from reasonloop import dist
 
+pytestmark = pytest.mark.e2e  # whole runs, kills and resumes: outside the inner test loop
+
 # Same gradients, summed in another order: float32 rounding only. Measured: identical to the last bit on
 # this machine for SFT; RL 3.5e-7 relative (ddp-smoke). Every run here pins model.dtype fp32: under bf16
 # autocast (what `auto` picks on a bf16-capable CPU) the two orders differ by bf16 rounding (7e-5 seen).

@@ -23,6 +23,8 @@ from reasonloop.cli import main
 from reasonloop.config import load_recipe
 from reasonloop.pipeline import run_pipeline
 
+pytestmark = pytest.mark.e2e  # whole runs, kills and resumes: outside the inner test loop
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
