@@ -49,7 +49,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _save_weights(model, folder: Path, tokenizer) -> None:
-    from reasonloop.packing import unwrap
+    from reasonloop.models import unwrap
 
     target = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
     if hasattr(target, "peft_config"):
@@ -192,7 +192,7 @@ def resume_training(ckpt_dir: str | Path | None, model, optimizer, scheduler, *,
 
 def load_weights_into(model, checkpoint: Checkpoint) -> None:
     """Copy a checkpoint's weights into an already built model (full or LoRA)."""
-    from reasonloop.packing import unwrap
+    from reasonloop.models import unwrap
 
     target = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
     if hasattr(target, "peft_config"):

@@ -157,6 +157,25 @@ def resolve_model_path(path: str) -> Path | str:
                     "`default`, or a hub id like org/name)")
 
 
+def unwrap(model):
+    """The plain HF CausalLM under peft / DDP wrappers."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def backbone_and_head(model):
+    """(decoder without LM head, head weight [V, H]) of a CausalLM (peft/DDP wrappers allowed).
+
+    Calling the backbone of a DDP-wrapped model bypasses DDP's hooks, so DDP callers use
+    `model(...)` on a wrapper module that returns hidden states instead (see reasonloop.dist).
+    """
+    base = unwrap(model)
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings().weight
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 

@@ -22,9 +22,9 @@ from reasonloop import dist
 from reasonloop.algos.logprobs import token_logprobs
 from reasonloop.algos.sft_loss import sft_loss
 from reasonloop.checkpoint import resume_training, save_checkpoint
-from reasonloop.models import resolve_dtype
+from reasonloop.models import backbone_and_head, resolve_dtype
 from reasonloop.optim import build_optimizer
-from reasonloop.packing import backbone_and_head, pack_sequences, packed_hidden, plan_microbatches
+from reasonloop.packing import pack_sequences, packed_hidden, plan_microbatches
 from reasonloop.stages.evaluate import periodic_eval
 from reasonloop.stages.sft_data import Example, masked_thought, shuffled_order
 from reasonloop.tasks import train_subset
