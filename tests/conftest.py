@@ -69,6 +69,16 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_real_vocab_model_dir(tmp_path_factory, real_tokenizer):
+    """The tiny model over the real 49k vocabulary, for tests whose numbers were measured with it (checkpoint
+    sizes against a small filesystem, micro-batch counts from real token lengths)."""
+    out = tmp_path_factory.mktemp("tiny-real-vocab") / "model"
+    build_tiny_model(len(real_tokenizer)).save_pretrained(out)
+    real_tokenizer.save_pretrained(out)
+    return out
+
+
 def digit_model_dir(tokenizer, out, favoured=7):
     """A 2-layer Llama that answers a prompt with one digit then end-of-turn: P(favoured) ~ 0.52, others ~ 0.05.
 

@@ -175,8 +175,8 @@ def test_collectives_are_identity_in_one_process():
     assert dist.world_size() == 1 and dist.is_main() and dist.all_gather_object(7) == [7]
 
 
-def test_sft_two_processes_same_curve_and_resume(tmp_path, tiny_model_dir):
-    model = str(tiny_model_dir)
+def test_sft_two_processes_same_curve_and_resume(tmp_path, tiny_real_vocab_model_dir):
+    model = str(tiny_real_vocab_model_dir)  # the step count below comes from the real tokenizer's lengths
     job_sft(model, tmp_path / "one")  # one process, in this process
     one = _curve(tmp_path / "one")
     assert len(one) == 7 and one[-1][1] < 0.5 * one[0][1]  # 2 epochs of 7 micro-batches, 2 per step; it learns
