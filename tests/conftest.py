@@ -1,16 +1,51 @@
-"""Shared fixtures: a tiny random Llama with the real default tokenizer, saved as a HF folder."""
+"""Shared fixtures: a small-vocabulary tokenizer and a tiny random Llama over it, saved as a HF folder.
+
+The tokenizer is the default model's (same special tokens, ids, pre-tokenizer and chat template) with its
+BPE retrained to SMALL_VOCAB entries on arithmetic text: with the real 49k vocabulary the LM head of a
+"tiny" model held 95% of its weights and dominated every forward. `real_tokenizer` is the real one.
+"""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 import torch
 
+SMALL_VOCAB = 512
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Text like the tests' prompts and answers, so they tokenize to few tokens (fixed seed: same merges)."""
+    rng = random.Random(0)
+    words = ("What is the sum product of and plus minus times divided by How many does have left each total "
+             "Answer answer So Let us compute step first then Solve Think Question question reasoning").split()
+    chat = ("system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face\nuser\nassistant\n"
+            "Give the final answer on its own line as 'Answer: <number>'. Put the final answer in \\boxed{}.")
+    from reasonloop.tasks.prompt import INSTRUCTIONS
+
+    corpus = [chat] * 50 + list(INSTRUCTIONS.values()) * 50
+    for _ in range(2000):
+        a, b = rng.randint(0, 999), rng.randint(0, 99)
+        corpus.append(f"What is {a} + {b}? {a} + {b} = {a + b}\nAnswer: {a + b}\n#### {a + b} \\boxed{{{a + b}}} "
+                      + " ".join(rng.choice(words) for _ in range(8)))
+    return corpus
+
 
 @pytest.fixture(scope="session")
-def tokenizer():
+def real_tokenizer():
     from reasonloop.models import load_tokenizer
 
     return load_tokenizer("default")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(real_tokenizer):
+    """The default tokenizer with a SMALL_VOCAB-entry BPE: special tokens and chat template kept."""
+    small = real_tokenizer.train_new_from_iterator(_tokenizer_corpus(), vocab_size=SMALL_VOCAB)
+    small.chat_template = real_tokenizer.chat_template
+    assert small.all_special_ids == real_tokenizer.all_special_ids  # build_tiny_model's bos/eos/pad ids
+    return small
 
 
 def build_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2):
@@ -31,6 +66,16 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     model = build_tiny_model(len(tokenizer))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_real_vocab_model_dir(tmp_path_factory, real_tokenizer):
+    """The tiny model over the real 49k vocabulary, for tests whose numbers were measured with it (checkpoint
+    sizes against a small filesystem, micro-batch counts from real token lengths)."""
+    out = tmp_path_factory.mktemp("tiny-real-vocab") / "model"
+    build_tiny_model(len(real_tokenizer)).save_pretrained(out)
+    real_tokenizer.save_pretrained(out)
     return out
 
 

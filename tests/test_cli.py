@@ -59,6 +59,7 @@ def test_bad_override(capsys):
     assert code == 2 and err[-1] == "error: --set stages.0.k: stages[0].k: expected integer, got 'many'"
 
 
+@pytest.mark.e2e
 def test_eval_on_tiny_model_writes_run_folder(tmp_path, capsys, tiny_model_dir):
     f = tmp_path / "t.jsonl"
     f.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(4)))

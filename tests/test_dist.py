@@ -24,6 +24,8 @@ import yaml
 
 from reasonloop import dist
 
+pytestmark = pytest.mark.e2e  # whole runs, kills and resumes: outside the inner test loop
+
 # Same gradients, summed in another order: float32 rounding only. Measured: identical to the last bit on
 # this machine for SFT; RL 3.5e-7 relative (ddp-smoke). Every run here pins model.dtype fp32: under bf16
 # autocast (what `auto` picks on a bf16-capable CPU) the two orders differ by bf16 rounding (7e-5 seen).
@@ -173,8 +175,8 @@ def test_collectives_are_identity_in_one_process():
     assert dist.world_size() == 1 and dist.is_main() and dist.all_gather_object(7) == [7]
 
 
-def test_sft_two_processes_same_curve_and_resume(tmp_path, tiny_model_dir):
-    model = str(tiny_model_dir)
+def test_sft_two_processes_same_curve_and_resume(tmp_path, tiny_real_vocab_model_dir):
+    model = str(tiny_real_vocab_model_dir)  # the step count below comes from the real tokenizer's lengths
     job_sft(model, tmp_path / "one")  # one process, in this process
     one = _curve(tmp_path / "one")
     assert len(one) == 7 and one[-1][1] < 0.5 * one[0][1]  # 2 epochs of 7 micro-batches, 2 per step; it learns

@@ -64,6 +64,7 @@ def _outcome(run_dir) -> dict:
         store.close()
 
 
+@pytest.mark.e2e
 def test_fp32_recipe_is_fp32_on_a_bf16_capable_machine(tmp_path, tiny_model_dir, monkeypatch):
     # Training autocast and the torch engine both read model.dtype: `dtype: fp32` gives the same run,
     # to the last bit, whatever `auto` would pick; `dtype: auto` on the bf16 machine is a different run.
@@ -78,6 +79,7 @@ def test_fp32_recipe_is_fp32_on_a_bf16_capable_machine(tmp_path, tiny_model_dir,
     assert runs["auto-on-bf16"]["metrics"] != runs["fp32-on-avx2"]["metrics"]  # the override does switch auto
 
 
+@pytest.mark.e2e
 def test_bad_override_from_the_command_line(tmp_path, tiny_model_dir):
     data = tmp_path / "toy.jsonl"
     data.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n")

@@ -17,6 +17,8 @@ from reasonloop.config import load_recipe
 from reasonloop.errors import UserError
 from reasonloop.pipeline import run_pipeline
 
+pytestmark = pytest.mark.e2e  # whole runs, kills and resumes: outside the inner test loop
+
 
 def toy_task(tmp_path: Path) -> Path:
     rows = [{"question": f"What is {a} + {b}?", "answer": str(a + b), "reasoning": f"{a} + {b} = {a + b}"}

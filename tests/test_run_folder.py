@@ -23,6 +23,8 @@ from reasonloop.cli import main
 from reasonloop.config import load_recipe
 from reasonloop.pipeline import run_pipeline
 
+pytestmark = pytest.mark.e2e  # whole runs, kills and resumes: outside the inner test loop
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -331,8 +333,10 @@ def _mount_tmpfs(path: Path, size_mb: int) -> bool:
     return done.returncode == 0
 
 
-def test_disk_full_on_a_real_small_filesystem(tmp_path, tiny_model_dir):
-    """A 64 MiB tmpfs holds the first checkpoint (~42 MB with optimizer state) but not a second one."""
+def test_disk_full_on_a_real_small_filesystem(tmp_path, tiny_real_vocab_model_dir):
+    """A 64 MiB tmpfs holds the first checkpoint (~42 MB with optimizer state, with the real 49k vocabulary)
+    but not a second one."""
+    tiny_model_dir = tiny_real_vocab_model_dir
     disk = tmp_path / "disk"
     if os.geteuid() != 0 or not _mount_tmpfs(disk, 64):
         pytest.skip("mounting a tmpfs needs root")

@@ -16,15 +16,14 @@ import json
 import logging
 import pickle
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from reasonloop.errors import UserError, write_error
+from reasonloop.atomic import replace_folder
+from reasonloop.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _save_weights(model, folder: Path, tokenizer) -> None:
-    from reasonloop.packing import unwrap
+    from reasonloop.models import unwrap
 
     target = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
     if hasattr(target, "peft_config"):
@@ -70,29 +69,14 @@ def save_checkpoint(folder: str | Path, model, tokenizer, optimizer, scheduler, 
                     extra_modules: dict[str, torch.nn.Module] | None = None) -> Path:
     """Write model + trainer state to `folder` atomically (temp folder, then rename). `state` (step, data
     position, curriculum, last metrics) is stored as JSON text: the file holds tensors and plain data only."""
-    from safetensors import SafetensorError
-
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        try:
-            _save_weights(model, tmp / "model", tokenizer)
-            torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "rng": rng_state(), "state_json": json.dumps(state, default=_json_value),
-                        "modules": {k: m.state_dict() for k, m in (extra_modules or {}).items()}},
-                       tmp / STATE_FILE)
-        except (OSError, RuntimeError, SafetensorError) as err:
-            raise write_error(folder, err, "the checkpoint", "the previous checkpoint is kept") from None
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with replace_folder(folder, what="the checkpoint", kept="the previous checkpoint is kept") as tmp:
+        _save_weights(model, tmp / "model", tokenizer)
+        torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": rng_state(), "state_json": json.dumps(state, default=_json_value),
+                    "modules": {k: m.state_dict() for k, m in (extra_modules or {}).items()}},
+                   tmp / STATE_FILE)
     return folder
 
 
@@ -179,9 +163,36 @@ def find_checkpoint(folder: str | Path) -> Path | None:
     return None
 
 
+def resume_training(ckpt_dir: str | Path | None, model, optimizer, scheduler, *, store=None, stage: str = "",
+                    modules: dict[str, torch.nn.Module] | None = None) -> dict | None:
+    """Resume a training loop from the checkpoint in `ckpt_dir`, if there is one: weights, optimizer,
+    scheduler, extra `modules` (PPO's value head) and RNG states are restored, and the saved state (step,
+    data position, curriculum, last metrics) is returned; None without a checkpoint.
+
+    Rows the run store holds for `stage` after the checkpoint's step (all of them, without one) are
+    dropped: a killed run logged them after its last checkpoint, and the resumed run logs them again.
+    """
+    from reasonloop import dist
+
+    found = read_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    state = None
+    if found is not None:
+        load_weights_into(model, found)
+        optimizer.load_state_dict(found.optimizer)
+        scheduler.load_state_dict(found.scheduler)
+        for name, module in (modules or {}).items():
+            module.load_state_dict(found.modules[name])
+        set_rng_state(found.rng)
+        state = dict(found.state)
+        log.info("%s: resumed from %s at step %d", stage, found.path, state["step"])
+    if store is not None and dist.is_main():
+        store.truncate_after(stage, state["step"] if state is not None else 0)
+    return state
+
+
 def load_weights_into(model, checkpoint: Checkpoint) -> None:
     """Copy a checkpoint's weights into an already built model (full or LoRA)."""
-    from reasonloop.packing import unwrap
+    from reasonloop.models import unwrap
 
     target = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
     if hasattr(target, "peft_config"):

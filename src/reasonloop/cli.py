@@ -14,21 +14,13 @@ import time
 from pathlib import Path
 
 from reasonloop.errors import UserError
+from reasonloop.stage_registry import get_stage, stage_kinds
 
-STAGE_KINDS = ("eval", "sft", "rft", "rl")
 
+def _task_specs() -> list[str]:
+    from reasonloop.tasks.registry import get_source, task_sources
 
-def _task_section(spec: str) -> dict:
-    """`gsm8k`, `gym:<name>`, or a JSONL path with question/answer fields."""
-    if spec == "gsm8k":
-        return {"source": "gsm8k"}
-    if spec.startswith("gym:"):
-        return {"source": "gym", "gym": {"name": spec[4:]}}
-    if spec.endswith(".jsonl"):
-        if not Path(spec).is_file():
-            raise UserError(f"--task {spec}: file not found")
-        return {"source": "jsonl", "train": spec, "test": spec}
-    raise UserError(f"--task {spec}: unknown task (expected gsm8k, gym:<reasoning-gym name>, or a .jsonl file)")
+    return [get_source(name).spec_help for name in task_sources() if get_source(name).spec_help]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,10 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("recipe")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
-    for kind in STAGE_KINDS:
-        s = sub.add_parser(kind, help=f"run one {kind} stage")
+    for kind in stage_kinds():
+        s = sub.add_parser(kind, help=f"run one {kind} stage: {get_stage(kind).help}")
         s.add_argument("--model", default="default", help="default | HF folder | .gguf | hub id")
-        s.add_argument("--task", default="gsm8k", help="gsm8k | gym:<name> | file.jsonl")
+        s.add_argument("--task", default="gsm8k", help=" | ".join(_task_specs()))
         s.add_argument("--out", default=None, help="run folder")
         s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a field of the one-stage recipe, e.g. stages.0.optim.lr=1e-5")
@@ -76,7 +68,9 @@ def _one_stage_recipe(args):
     if args.command == "eval":
         stage.update({"limit": args.limit, "k": args.k, "n": args.n, "seeds": args.seeds})
         flags = {("stages", 0, key): f"--{key}" for key in ("limit", "k", "n", "seeds")}
-    data = {"model": {"path": args.model}, "task": _task_section(args.task), "stages": [stage]}
+    from reasonloop.tasks.registry import task_section
+
+    data = {"model": {"path": args.model}, "task": task_section(args.task), "stages": [stage]}
     for key, value in parse_overrides(args.set):
         apply_override(data, key, value)
         flags[tuple(int(p) if p.isdigit() else p for p in key.split("."))] = f"--set {key}"
@@ -131,7 +125,7 @@ def _dispatch(args) -> int:
         recipe = load_recipe(args.recipe, args.set)
         label = Path(args.recipe).stem if args.recipe else "default"
         return _run(recipe, args.out, label, not args.no_progress)
-    if args.command in STAGE_KINDS:
+    if args.command in stage_kinds():
         return _run(_one_stage_recipe(args), args.out, args.command, not args.no_progress)
     if args.command == "report":
         from reasonloop.runs.report import write_report
@@ -144,7 +138,9 @@ def _dispatch(args) -> int:
         import reasoning_gym
 
         names = sorted(reasoning_gym.factory.DATASETS)
-        print("sources: gsm8k, jsonl, parquet, hf, gym\nreasoning-gym tasks (--task gym:<name>):")
+        from reasonloop.tasks import task_sources
+
+        print(f"sources: {', '.join(task_sources())}\nreasoning-gym tasks (--task gym:<name>):")
         print(json.dumps(names))
         return 0
     raise UserError(f"unknown command {args.command}")

@@ -11,9 +11,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from reasonloop import stage_registry
 from reasonloop.recipe_io import apply_override, load_yaml_with_lines, parse_overrides, validate_with_lines
+from reasonloop.tasks import task_sources
+from reasonloop.tasks.gym import GymConfig  # noqa: F401  (the task.gym section lives with its source)
 from reasonloop.stage_config import (CurriculumConfig, Decoding, EvalStage, OptimConfig, RftStage, RlStage,  # noqa: F401
-                                     SftStage, Stage, StageBase, Strict)
+                                     SftStage, StageBase, Strict)
+
+Stage = stage_registry.stage_union()  # the registered stage kinds; rebuilt when one is registered
 
 
 # --------------------------------------------------------------------------- model
@@ -56,26 +61,10 @@ class PromptConfig(Strict):
     """How the user turn is built from `question` and `instruction`."""
 
 
-class GymConfig(Strict):
-    name: str
-    """reasoning-gym task name, e.g. `basic_arithmetic`."""
-    params: dict[str, Any] = {}
-    """Keyword arguments for the task's config (difficulty settings)."""
-    train_seed: int = 1_000
-    """Seed of the training pool. reasoning-gym item i comes from Random(seed + i): keep seeds far apart."""
-    test_seed: int = 9_000_000
-    """Seed of the held-out pool; test items whose question also appears in train are dropped."""
-    train_size: int = Field(2000, ge=1)
-    """Problems generated for the training pool (per level)."""
-    test_size: int = Field(500, ge=1)
-    """Problems generated for the held-out pool (per level), before overlap removal."""
-    levels: list[dict[str, Any]] | None = None
-    """Optional difficulty levels (each a params dict, easiest first) for the `levels` curriculum."""
-
-
 class TaskConfig(Strict):
-    source: Literal["gsm8k", "jsonl", "parquet", "hf", "gym"] = "gsm8k"
-    """Where problems come from."""
+    source: str = "gsm8k"
+    """Where problems come from: a registered source (`reasonloop.tasks.registry`): `gsm8k`, `jsonl`,
+    `parquet`, `hf` or `gym`."""
     train: str | None = None
     """Training file or HF split spec (`dataset_id:split`). For gsm8k defaults to ../shared/data/gsm8k/train.jsonl."""
     test: str | None = None
@@ -101,6 +90,13 @@ class TaskConfig(Strict):
     """How `numeric_tolerance` is applied to non-integer gold answers."""
     prompt: PromptConfig = PromptConfig()
     """How questions are turned into chat prompts."""
+
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, value):
+        if value not in task_sources():
+            raise ValueError(f"expected one of {', '.join(task_sources())}, got {value!r}")
+        return value
 
 
 class RunConfig(Strict):
@@ -159,6 +155,17 @@ class Recipe(Strict):
 
     def stage_names(self) -> list[str]:
         return [s.name or f"{s.kind}{i}" for i, s in enumerate(self.stages)]
+
+
+def _rebuild_stage_union() -> None:
+    """Point `Recipe.stages` at the stage kinds registered now (pydantic fixes a union when a model is built)."""
+    global Stage
+    Stage = stage_registry.stage_union()
+    Recipe.model_fields["stages"].annotation = list[Stage]
+    Recipe.model_rebuild(force=True)
+
+
+stage_registry.on_change(_rebuild_stage_union)
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:

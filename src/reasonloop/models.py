@@ -6,13 +6,12 @@ import importlib.util
 import logging
 import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from reasonloop.errors import UserError, write_error
+from reasonloop.atomic import replace_folder
+from reasonloop.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -120,17 +119,10 @@ def tiny_random_dir() -> Path:
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # first_wins: another process (a rank of the same run) may get there first, with the same weights
+    with replace_folder(out, first_wins=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process (a rank of the same run) got there first, with the same weights
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -163,6 +155,25 @@ def resolve_model_path(path: str) -> Path | str:
         return path  # hub id; from_pretrained reports whether it can be reached
     raise UserError(f"{path}: model not found (expected a Hugging Face folder, a .gguf file, "
                     "`default`, or a hub id like org/name)")
+
+
+def unwrap(model):
+    """The plain HF CausalLM under peft / DDP wrappers."""
+    while hasattr(model, "module") and not hasattr(model, "config"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def backbone_and_head(model):
+    """(decoder without LM head, head weight [V, H]) of a CausalLM (peft/DDP wrappers allowed).
+
+    Calling the backbone of a DDP-wrapped model bypasses DDP's hooks, so DDP callers use
+    `model(...)` on a wrapper module that returns hidden states instead (see reasonloop.dist).
+    """
+    base = unwrap(model)
+    return getattr(base, base.base_model_prefix), base.get_output_embeddings().weight
 
 
 def load_tokenizer(path: str):
@@ -219,31 +230,14 @@ def save_hf_folder(model, tokenizer, out: str | Path, merge_lora: bool = True) -
 
     A LoRA model is merged into its base so the folder loads with plain transformers and vLLM.
     """
-    from safetensors import SafetensorError
-
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        to_save = model
-        if merge_lora and hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
-            import copy
+    to_save = model
+    if merge_lora and hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        import copy
 
-            to_save = copy.deepcopy(model).merge_and_unload()
-        try:
-            to_save.save_pretrained(tmp, safe_serialization=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-        except (OSError, RuntimeError, SafetensorError) as err:
-            raise write_error(out, err, "the model", "nothing else was changed") from None
-        if out.exists():
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        to_save = copy.deepcopy(model).merge_and_unload()
+    with replace_folder(out, what="the model", kept="nothing else was changed") as tmp:
+        to_save.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return out

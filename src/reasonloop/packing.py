@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from reasonloop.models import backbone_and_head, unwrap  # noqa: F401  (they lived here; import them from models)
+
 ATTN_NAME = "reasonloop_packed"
 
 
@@ -131,25 +133,6 @@ def _register() -> None:
 
 
 _register()
-
-
-def unwrap(model):
-    """The plain HF CausalLM under peft / DDP wrappers."""
-    while hasattr(model, "module") and not hasattr(model, "config"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-def backbone_and_head(model):
-    """(decoder without LM head, head weight [V, H]) of a CausalLM (peft/DDP wrappers allowed).
-
-    Calling the backbone of a DDP-wrapped model bypasses DDP's hooks, so DDP callers use
-    `model(...)` on a wrapper module that returns hidden states instead (see reasonloop.dist).
-    """
-    base = unwrap(model)
-    return getattr(base, base.base_model_prefix), base.get_output_embeddings().weight
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ Run folder layout:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import shutil
@@ -23,16 +22,14 @@ from pathlib import Path
 import yaml
 
 from reasonloop import dist
+from reasonloop.atomic import write_text_atomic
 from reasonloop.config import Recipe
 from reasonloop.errors import UserError
 from reasonloop.runs.lock import RunLock
 from reasonloop.runs.store import RunStore
+from reasonloop.stage_registry import get_stage
 
 log = logging.getLogger(__name__)
-
-# kind -> module with `run(ctx, cfg, name) -> dict`; imported on use so one stage's deps stay optional.
-STAGE_MODULES = {"eval": "reasonloop.stages.evaluate", "sft": "reasonloop.stages.sft",
-                 "rft": "reasonloop.stages.rft", "rl": "reasonloop.stages.rl"}
 
 
 @dataclass
@@ -156,9 +153,7 @@ def write_summary(ctx: RunContext, extra: dict | None = None) -> dict:
     ablation = _ablation(ctx, entries)
     if ablation:
         summary["ablation"] = ablation
-    tmp = ctx.run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(ctx.run_dir / "summary.json")
+    write_text_atomic(ctx.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -260,10 +255,10 @@ def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:
     if row is not None and cfg.kind == "eval":
         ctx.store.truncate_after(name, -1)  # an evaluation killed midway starts over: drop its partial rows
     ctx.store.start_stage(name, cfg.kind, position)
-    module = importlib.import_module(STAGE_MODULES[cfg.kind])
+    run = get_stage(cfg.kind).run_fn()  # the stage's module is imported here, so its deps stay optional
     started = time.time()
     try:
-        result = module.run(ctx, cfg, name)
+        result = run(ctx, cfg, name)
     finally:
         ctx.store.add_stage_seconds(name, time.time() - started)
     ctx.store.finish_stage(name, to_run_relative(result, ctx.run_dir))

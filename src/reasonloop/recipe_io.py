@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from reasonloop.errors import UserError
+from reasonloop.stage_registry import stage_kinds
 
 PACKAGED_RECIPES = resources.files("reasonloop") / "recipes"
 
@@ -180,7 +181,7 @@ def _field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("eval", "sft", "rft", "rl") and out.endswith("]"):
+        elif part in stage_kinds() and out.endswith("]"):
             continue  # pydantic adds the discriminator value to the path; users never wrote it
         else:
             out += ("." if out else "") + str(part)
@@ -213,7 +214,7 @@ def _describe(err: dict) -> str:
 
 
 def _line_for(loc: tuple, lines: dict[tuple, int | str]) -> int | str | None:
-    clean = tuple(p for p in loc if not (isinstance(p, str) and p in ("eval", "sft", "rft", "rl")))
+    clean = tuple(p for p in loc if not (isinstance(p, str) and p in stage_kinds()))
     for cut in range(len(clean), -1, -1):
         if clean[:cut] in lines:
             return lines[clean[:cut]]

@@ -1,9 +1,10 @@
 """The stage sections of a recipe (eval, sft, rft, rl) and the settings they share: decoding, optimizer,
-curriculum. `reasonloop.config` assembles them into the `Recipe`; import them from either module."""
+curriculum. `reasonloop.stage_registry` binds each to its kind; `reasonloop.config` assembles the registered
+ones into the `Recipe`; import them from either module."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -319,5 +320,3 @@ class RlStage(StageBase):
     def kl_in_or_default(self) -> str:
         return self.kl_in or self.estimator().kl
 
-
-Stage = Annotated[Union[EvalStage, SftStage, RftStage, RlStage], Field(discriminator="kind")]

@@ -150,9 +150,9 @@ def test_weight_changes_reach_the_next_generate(tokenizer, prompts):
     eng = engine(model, tokenizer)
     params = SamplingParams(temperature=0, max_new_tokens=8)
     before = eng.generate(prompts[:1], params)[0][0].token_ids
-    with torch.no_grad():  # an in-place edit, as an optimizer step makes
+    with torch.no_grad():  # an in-place edit, as an optimizer step makes; large enough to change greedy output
         for p in model.model.layers[0].mlp.parameters():
-            p.mul_(-3.0)
+            p.mul_(10.0)
     after = eng.generate(prompts[:1], params)[0][0].token_ids
     assert after == hf_greedy(model, prompts[0], 8, eng.eos) and after != before
     other = build_tiny_model(len(tokenizer), seed=2).eval()

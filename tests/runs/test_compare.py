@@ -41,6 +41,7 @@ def greedy_records(store, stage) -> dict[str, bool]:
             if json.loads(r["meta"])["decoding"] == "greedy"}
 
 
+@pytest.mark.e2e
 def test_two_evals_end_to_end_summary_report_and_table(tmp_path, tokenizer, capsys):
     sevens, threes = digit_model(tokenizer, tmp_path / "m7", 7), digit_model(tokenizer, tmp_path / "m3", 3)
     evals = [{"name": "first", "init_from": sevens, "k": 0, "decoding": {"max_new_tokens": 4}},

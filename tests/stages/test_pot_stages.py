@@ -1,12 +1,15 @@
 """Program-of-thought through the stages: gold programs from GSM8K annotations train SFT/RFT, and the
 sandboxed program reward drives RL and judges RFT samples."""
 
+import pytest
 import json
 
 import yaml
 
 from reasonloop.config import load_recipe
 from reasonloop.pipeline import run_pipeline
+
+pytestmark = pytest.mark.e2e  # whole runs, kills and resumes: outside the inner test loop
 
 
 def test_pot_task_runs_sft_rft_and_rl(tmp_path, tiny_model_dir, monkeypatch):

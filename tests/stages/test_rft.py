@@ -213,6 +213,7 @@ def digit_dir(tmp_path_factory, tokenizer):
     return digit_model_dir(tokenizer, tmp_path_factory.mktemp("digit") / "model")
 
 
+@pytest.mark.e2e
 def test_rft_end_to_end_rounds_resume_and_pooling(digit_dir, tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text(json.dumps({"problem_id": "t2", "completion": "9 - 6 = 3", "gold": "3"}) + "\n")
@@ -287,6 +288,7 @@ def test_rft_refuses_pool_file_of_another_task_before_sampling(digit_dir, tmp_pa
     assert not (tmp_path / "run" / "stages" / "rft" / "round_0").exists()
 
 
+@pytest.mark.e2e
 def test_cli_rft(digit_dir, tmp_path):
     from reasonloop.cli import main
 
@@ -303,6 +305,7 @@ def test_cli_rft(digit_dir, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "stages" / "rft0" / "model")
 
 
+@pytest.mark.e2e
 def test_rft_samples_from_one_model_and_retrains_the_base_as_in_the_paper(digit_dir, tmp_path):
     """`sample_from: sft` + `train_from: base`: round 0 samples from the SFT output and every round
     fine-tunes the recipe's pre-trained model; round 1 samples from round 0's output."""

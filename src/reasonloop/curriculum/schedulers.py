@@ -48,10 +48,9 @@ from reasonloop.curriculum.sampling import (arm_then_problem_sample, as_generato
 from reasonloop.curriculum.rules import (adarft_target, anneal_weights, levels_step, sec_values,
                                          static_bucket_weights)
 from reasonloop.errors import UserError
+from reasonloop.stage_registry import get_stage, stage_kinds
 
-__all__ = ["BatchStats", "Curriculum", "Scheduler", "Spec", "SCHEDULERS", "make_curriculum", "STAGE_KINDS"]
-
-STAGE_KINDS = ("sft", "rft", "rl")
+__all__ = ["BatchStats", "Curriculum", "Scheduler", "Spec", "SCHEDULERS", "make_curriculum"]
 
 
 @dataclass(frozen=True)
@@ -319,6 +318,13 @@ def _level_buckets(levels: list[float], where: str) -> tuple[int, ...]:
     return tuple(ints)
 
 
+def _curriculum_signals(stage_kind: str) -> frozenset[str]:
+    takes = [k for k in stage_kinds() if get_stage(k).curriculum_signals is not None]
+    if stage_kind not in takes:
+        raise ValueError(f"stage_kind must be one of {tuple(takes)}, got {stage_kind!r}")
+    return get_stage(stage_kind).curriculum_signals
+
+
 def make_curriculum(cfg: CurriculumConfig, difficulties: list[float], total_steps: int, *,
                     stage_kind: str, has_levels: bool = False, window: int | None = None,
                     where: str = "curriculum") -> Curriculum:
@@ -327,21 +333,21 @@ def make_curriculum(cfg: CurriculumConfig, difficulties: list[float], total_step
     ``difficulties``: normalised difficulty (``difficulty.normalise``) of each problem; for
     ``levels``, the level index of each problem of a pool pre-generated across all levels.
     ``total_steps``: the stage's training steps (the pacing / annealing length).
-    ``stage_kind``: ``sft`` has no rewards, so ``adarft``, ``sec`` and ``levels`` are refused
-    there; ``sec`` also needs advantages, which only ``rl`` computes.
+    ``stage_kind``: a registered stage kind that takes a curriculum; its ``curriculum_signals``
+    (``stage_registry``) say what it can steer by: ``sft`` has no rewards, so ``adarft``, ``sec`` and
+    ``levels`` are refused there; ``sec`` also needs advantages, which only ``rl`` computes.
     ``has_levels``: whether the task declares levels (``task.gym.levels``).
     ``window``: ``levels`` promotion window in answered problems (None: the last batch).
     ``where``: recipe path of the curriculum section, e.g. ``stages[2].curriculum``.
     """
-    if stage_kind not in STAGE_KINDS:
-        raise ValueError(f"stage_kind must be one of {STAGE_KINDS}, got {stage_kind!r}")
+    signals = _curriculum_signals(stage_kind)
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"{where}.scheduler: expected one of {', '.join(SCHEDULERS)}, got {cfg.scheduler!r}")
     scheduler = SCHEDULERS[cfg.scheduler]
-    if scheduler.needs and stage_kind == "sft":
-        raise UserError(f"{where}.scheduler: {cfg.scheduler!r} steers by rewards, which an sft stage does not "
+    if scheduler.needs and "rewards" not in signals:
+        raise UserError(f"{where}.scheduler: {cfg.scheduler!r} steers by rewards, which an {stage_kind} stage does not "
                         "produce; use none, static or anneal here (or this scheduler in an rl stage)")
-    if scheduler.needs == "advantages" and stage_kind != "rl":
+    if scheduler.needs == "advantages" and "advantages" not in signals:
         raise UserError(f"{where}.scheduler: 'sec' scores arms by RL advantages, which a {stage_kind} stage "
                         "does not compute; use it in an rl stage")
     if cfg.scheduler == "levels" and not has_levels:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from reasonloop.generate.base import FinishReason, Sample, SamplingParams
-from reasonloop.generate.llama_fast import unwrap
+from reasonloop.models import unwrap
 
 
 def eos_ids(model, tokenizer) -> set[int]:

@@ -37,7 +37,7 @@ def _cache_of(out):
 
 
 def _cache_kwarg(model) -> str:
-    from reasonloop.packing import unwrap
+    from reasonloop.models import unwrap
 
     params = inspect.signature(unwrap(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reasonloop.packing import unwrap  # the plain HF model under peft/DDP; LoRA is folded in by effective_weight
+from reasonloop.models import unwrap  # the plain HF model under peft/DDP; LoRA is folded in by effective_weight
 
 FAST_MODEL_TYPES = ("llama", "qwen2")
 

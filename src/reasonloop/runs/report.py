@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from reasonloop.atomic import write_text_atomic  # noqa: E402
 from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict  # noqa: E402
 from reasonloop.runs.store import RunStore  # noqa: E402
 
@@ -174,9 +175,6 @@ def write_report(run_dir: Path) -> Path:
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>reasonloop report</title>"
                 f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
         out = run_dir / "report.html"
-        tmp = out.with_suffix(".html.tmp")
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(out)
-        return out
+        return write_text_atomic(out, page)
     finally:
         store.close()

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from reasonloop import dist
+from reasonloop.atomic import write_text_atomic
 from reasonloop.stages.rft_paths import star_hint_prompt
 from reasonloop.errors import UserError
 from reasonloop.stages.rollout import prompts_for, sample_and_judge, sampling_params
@@ -215,9 +216,7 @@ def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, o
                        dtype=ctx.recipe.model.dtype)
     result = saved or result  # a run killed after training and before saving resumes at the last step
     if dist.is_main():
-        tmp = rdir / "train.json.tmp"
-        tmp.write_text(json.dumps(result))
-        tmp.replace(rdir / "train.json")
+        write_text_atomic(rdir / "train.json", json.dumps(result))
         save_hf_folder(model, tok, out)
     dist.barrier()
     del model, ref_model

@@ -19,12 +19,11 @@ stays a short sequence of calls and each rule is testable by hand:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from reasonloop.errors import UserError, write_error
+from reasonloop.atomic import write_text_atomic
+from reasonloop.errors import UserError
 from reasonloop.stages.rft_paths import dart_allocation, dedup_key, mentions_hint, select_distinct, strip_hint
 from reasonloop.tasks.base import Problem
 from reasonloop.tasks.files import read_jsonl
@@ -197,16 +196,8 @@ def read_sample_file(path: str, problems: dict[str, Problem], task_cfg) -> list[
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     """Write rows as JSONL through a temp file and a rename: a killed process leaves the old file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    except OSError as err:
-        os.unlink(tmp)
-        raise write_error(path, err, "samples", "files written before are kept") from None
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                      what="samples", kept="files written before are kept")
 
 
 def load_jsonl(path: Path) -> list[dict]:

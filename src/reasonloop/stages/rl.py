@@ -27,7 +27,7 @@ from reasonloop.algos.aggregate import aggregate_denominator, masked_mean
 from reasonloop.algos.estimators import AdvantageInput
 from reasonloop.algos.kl import kl_penalty
 from reasonloop.algos.rl_loss import rl_loss
-from reasonloop.checkpoint import load_weights_into, read_checkpoint, save_checkpoint, set_rng_state
+from reasonloop.checkpoint import resume_training, save_checkpoint
 from reasonloop.errors import UserError
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
@@ -266,20 +266,12 @@ class RLLoop:
         save_checkpoint(self.ckpt_dir, self.policy, self.tok, self.opt, self.sched, dict(self.state), extra)
 
     def resume(self) -> None:
-        found = read_checkpoint(self.ckpt_dir) if self.ckpt_dir is not None else None
-        if found is not None:
-            load_weights_into(self.policy, found)
-            self.opt.load_state_dict(found.optimizer)
-            self.sched.load_state_dict(found.scheduler)
-            if self.value_head is not None:
-                self.value_head.load_state_dict(found.modules["value_head"])
-            set_rng_state(found.rng)
-            self.state = dict(found.state)
+        modules = {"value_head": self.value_head} if self.value_head is not None else None
+        state = resume_training(self.ckpt_dir, self.policy, self.opt, self.sched, store=self.store,
+                                stage=self.stage, modules=modules)
+        if state is not None:
+            self.state = state
             self.engine.update_weights(self.policy)
-            log.info("%s: resumed from %s at step %d", self.stage, found.path, self.state["step"])
-        if self.store is not None and dist.is_main():
-            # Rows a killed run logged after its last checkpoint (all of them, without one) are logged again.
-            self.store.truncate_after(self.stage, self.state["step"])
 
     def step(self) -> dict[str, float]:
         """One rollout-and-update step; returns its metrics."""

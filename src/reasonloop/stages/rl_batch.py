@@ -14,7 +14,8 @@ from reasonloop import dist
 
 from reasonloop.algos.advantages import zero_variance_groups
 from reasonloop.algos.logprobs import token_logprobs
-from reasonloop.packing import PackedBatch, backbone_and_head, pack_sequences, packed_hidden
+from reasonloop.models import backbone_and_head
+from reasonloop.packing import PackedBatch, pack_sequences, packed_hidden
 from reasonloop.tasks.base import Problem
 
 

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 from reasonloop import dist
 from reasonloop.algos.logprobs import token_logprobs
 from reasonloop.algos.sft_loss import sft_loss
-from reasonloop.checkpoint import load_weights_into, read_checkpoint, save_checkpoint, set_rng_state
-from reasonloop.models import resolve_dtype
+from reasonloop.checkpoint import resume_training, save_checkpoint
+from reasonloop.models import backbone_and_head, resolve_dtype
 from reasonloop.optim import build_optimizer
-from reasonloop.packing import backbone_and_head, pack_sequences, packed_hidden, plan_microbatches
+from reasonloop.packing import pack_sequences, packed_hidden, plan_microbatches
 from reasonloop.stages.evaluate import periodic_eval
 from reasonloop.stages.sft_data import Example, masked_thought, shuffled_order
 from reasonloop.tasks import train_subset
@@ -118,7 +118,8 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, sta
     plan = make_plan(examples, cfg, order_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = build_optimizer(params, cfg.optim, plan.steps)
-    start, last = _maybe_resume(model, opt, sched, ckpt_dir, store, stage)
+    resumed = resume_training(ckpt_dir, model, opt, sched, store=store, stage=stage) or {"step": 0}
+    start, last = resumed["step"], resumed.get("last", {})
     mask_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
     world = dist.world_size()
     if cfg.grad_accum % world and dist.is_main():
@@ -192,23 +193,6 @@ def _after_step(done, plan, metrics, model, tokenizer, opt, sched, cfg, store, s
             # The step's metrics go with it: a run killed after the last checkpoint still reports them.
             save_checkpoint(ckpt_dir, model, tokenizer, opt, sched, {"step": done, "last": metrics})
         dist.barrier()
-
-
-def _maybe_resume(model, opt, sched, ckpt_dir, store, stage) -> tuple[int, dict]:
-    """(first step to run, metrics of the last finished step) from the checkpoint; (0, {}) without one."""
-    found = read_checkpoint(ckpt_dir) if ckpt_dir is not None else None
-    step, last = 0, {}
-    if found is not None:
-        load_weights_into(model, found)
-        opt.load_state_dict(found.optimizer)
-        sched.load_state_dict(found.scheduler)
-        set_rng_state(found.rng)
-        step, last = found.state["step"], found.state.get("last", {})
-        log.info("%s: resumed from %s at step %d", stage, found.path, step)
-    if store is not None and dist.is_main():
-        # Rows a killed run logged after its last checkpoint (all of them, without one) are logged again.
-        store.truncate_after(stage, step)
-    return step, last
 
 
 def run(ctx, cfg, name: str) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from reasonloop.errors import UserError
+from reasonloop.tasks.base import Problem
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -71,3 +72,21 @@ def read_records(path: str, required: tuple[str, ...] = (), kind: str = "jsonl"
             if key not in rec or rec[key] is None:
                 raise UserError(f"{where}: missing field {key!r}")
         yield where, rec
+
+
+def mapped_problems(cfg, path: str, split: str) -> list[Problem]:
+    """Problems from records whose fields `task.fields` names (jsonl, parquet and hf sources)."""
+    kind = cfg.source
+    f = {"question": "question", "answer": "answer", **cfg.fields}
+    out = []
+    for where, rec in read_records(path, required=(f["question"], f["answer"]), kind=kind):
+        diff = rec.get(f["difficulty"]) if "difficulty" in f else None
+        pid = rec.get(f["id"]) if "id" in f else None
+        reasoning = rec.get(f["reasoning"]) if "reasoning" in f else None
+        answer = str(rec[f["answer"]]).strip()
+        if not answer:
+            raise UserError(f"{where}: empty answer in field {f['answer']!r}")
+        out.append(Problem(id=str(pid) if pid is not None else f"{Path(path).stem}-{split}-{len(out)}",
+                           question=str(rec[f["question"]]), answer=answer, reasoning=reasoning,
+                           difficulty=float(diff) if diff is not None else None, source=kind))
+    return out

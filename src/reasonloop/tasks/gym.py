@@ -1,4 +1,4 @@
-"""reasoning-gym tasks as Problems, seeded and reproducible, with train/test overlap removed.
+"""Source `gym`: reasoning-gym tasks as Problems, seeded and reproducible, with train/test overlap removed.
 
 reasoning-gym item i comes from Random(seed + i): pools with nearby seeds share items (FINDINGS.md),
 so test problems whose question text occurs in the training pool are dropped.
@@ -7,12 +7,35 @@ so test problems whose question text occurs in the training pool are dropped.
 from __future__ import annotations
 
 import logging
+from typing import Any
+
+from pydantic import Field
 
 from reasonloop.errors import UserError
-from reasonloop.tasks.arithmetic import solve_steps
+from reasonloop.stage_config import Strict
 from reasonloop.tasks.base import Problem
+from reasonloop.tasks.registry import TaskSource, register_source
 
 log = logging.getLogger(__name__)
+
+
+class GymConfig(Strict):
+    """The recipe's `task.gym` section."""
+
+    name: str
+    """reasoning-gym task name, e.g. `basic_arithmetic`."""
+    params: dict[str, Any] = {}
+    """Keyword arguments for the task's config (difficulty settings)."""
+    train_seed: int = 1_000
+    """Seed of the training pool. reasoning-gym item i comes from Random(seed + i): keep seeds far apart."""
+    test_seed: int = 9_000_000
+    """Seed of the held-out pool; test items whose question also appears in train are dropped."""
+    train_size: int = Field(2000, ge=1)
+    """Problems generated for the training pool (per level)."""
+    test_size: int = Field(500, ge=1)
+    """Problems generated for the held-out pool (per level), before overlap removal."""
+    levels: list[dict[str, Any]] | None = None
+    """Optional difficulty levels (each a params dict, easiest first) for the `levels` curriculum."""
 
 
 def _dataset(name: str, seed: int, size: int, params: dict):
@@ -26,6 +49,8 @@ def _dataset(name: str, seed: int, size: int, params: dict):
 
 def _gold_reasoning(entry: dict) -> str | None:
     """Step-by-step solution when we can generate one and it agrees with the dataset's answer."""
+    from reasonloop.tasks.arithmetic import solve_steps  # imported on use: it pulls in the verifier
+
     expression = entry.get("metadata", {}).get("expression")
     if not expression:
         return None
@@ -82,3 +107,14 @@ def load_gym(gym) -> tuple[list[Problem], list[Problem]]:
     if len(clean) < len(test):
         log.info("dropped %d test problems that also occur in the training pool", len(test) - len(clean))
     return train, clean
+
+
+def _load(cfg) -> tuple[list[Problem], list[Problem]]:
+    if cfg.gym is None:
+        raise UserError("task.gym: required when task.source is 'gym'")
+    return load_gym(cfg.gym)
+
+
+register_source(TaskSource(
+    "gym", _load, parse_spec=lambda spec: {"source": "gym", "gym": {"name": spec[4:]}} if spec.startswith("gym:")
+    else None, spec_help="gym:<reasoning-gym name>", describe=lambda cfg, split: f"reasoning-gym {cfg.gym.name!r}"))

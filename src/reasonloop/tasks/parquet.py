@@ -1,0 +1,8 @@
+"""Source `parquet`: Parquet files (needs pyarrow); `task.fields` maps their columns."""
+
+from __future__ import annotations
+
+from reasonloop.tasks.files import mapped_problems
+from reasonloop.tasks.registry import TaskSource, paths_required, register_source
+
+register_source(TaskSource("parquet", paths_required(mapped_problems)))
