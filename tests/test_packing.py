@@ -11,11 +11,11 @@ def test_pack_sequences_positions_targets_and_slots():
     assert b.input_ids.tolist() == [[5, 6, 7, 8, 9, 10]]
     assert b.position_ids.tolist() == [[0, 1, 2, 3, 0, 1]]  # each sequence restarts at 0
     # position t is trained when token t+1 is in the same sequence's response
-    assert b.loss_mask.tolist() == [False, True, True, False, True, False]
-    assert b.targets.tolist() == [0, 7, 8, 0, 10, 0]
+    assert b.pred_index.tolist() == [1, 2, 4] and b.targets.tolist() == [7, 8, 10]
+    assert b.pred_slots.tolist() == [1, 2, 4]  # row 1 starts at slot 4
     assert (b.num_seqs, b.max_len, b.seq_lens) == (2, 4, [4, 2])
     assert b.dest.tolist() == [0, 1, 2, 3, 4, 5]  # slots in the padded [S=2, L=4] layout
-    padded = torch.zeros(2 * 4, dtype=torch.long).index_put((b.dest,), b.input_ids[0]).view(2, 4)
+    padded = torch.cat([b.input_ids[0], torch.tensor([0])])[b.src].view(2, 4)  # src: 6 = padding
     assert padded.tolist() == [[5, 6, 7, 8], [9, 10, 0, 0]]
 
 
