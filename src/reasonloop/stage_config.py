@@ -19,7 +19,7 @@ class Strict(BaseModel):
 
 
 class CurriculumConfig(Strict):
-    scheduler: Literal["none", "static", "anneal", "adarft", "sec", "levels"] = "none"
+    scheduler: Literal["none", "static", "anneal", "adarft", "sec", "signal", "levels"] = "none"
     """Which schedule picks the next problems."""
     difficulty: Literal["metadata", "pass_rate", "length"] = "metadata"
     """Where a problem's difficulty comes from."""
@@ -34,11 +34,14 @@ class CurriculumConfig(Strict):
     alpha: float = 0.5
     """`sec`: TD(0) learning rate of arm values."""
     temperature: float = 0.2
-    """`sec`: softmax temperature over arm values."""
+    """`sec`: softmax temperature over arm values; `signal`: over problem scores (an unseen problem
+    scores 1, one that split 2 of 4 samples 1.29, one that all 4 solved 0.71)."""
+    decay: float = 0.7
+    """`signal`: weight an earlier group's outcomes keep per step (the policy moves; old evidence fades)."""
     promote_at: float = 0.7
     """`levels`: accuracy on the current level that moves to the next."""
 
-    @field_validator("buckets", "step_size", "alpha", "temperature", "promote_at")
+    @field_validator("buckets", "step_size", "alpha", "temperature", "decay", "promote_at")
     @classmethod
     def _in_range_for_its_scheduler(cls, value, info):
         """Each range is checked for the scheduler that uses the setting (a `static` curriculum does not
@@ -46,7 +49,8 @@ class CurriculumConfig(Strict):
         rules = {"buckets": (("static", "sec"), lambda v: v >= 1, "must be >= 1"),
                  "step_size": (("adarft",), lambda v: v >= 0, "must be >= 0"),
                  "alpha": (("sec",), lambda v: 0 < v <= 1, "must lie in (0, 1]"),
-                 "temperature": (("sec",), lambda v: v > 0, "must be > 0"),
+                 "temperature": (("sec", "signal"), lambda v: v > 0, "must be > 0"),
+                 "decay": (("signal",), lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
                  "promote_at": (("levels",), lambda v: 0 <= v <= 1, "must lie in [0, 1]")}
         schedulers, ok, why = rules[info.field_name]
         if info.data.get("scheduler") in schedulers and not ok(value):

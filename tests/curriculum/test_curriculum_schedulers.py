@@ -226,3 +226,36 @@ def test_random_random_is_accepted_and_seeded():
     assert a != cur.sample(cur.init_state(), 8, random.Random(6))
     with pytest.raises(TypeError, match="rng must be numpy.random.Generator or random.Random"):
         cur.sample(cur.init_state(), 8, 5)
+
+
+def test_signal_scores_by_hand():
+    from reasonloop.curriculum.rules import decayed_counts, signal_scores
+
+    # Beta(1,1): 6·1·1/(2·3) = 1; Beta(3,3): 6·9/(6·7) = 9/7; Beta(5,1): 6·5/(6·7) = 5/7; Beta(1,5) likewise
+    assert signal_scores([0, 2, 4, 0], [0, 2, 0, 4]) == pytest.approx([1.0, 9 / 7, 5 / 7, 5 / 7])
+    assert decayed_counts([2.0, 4.0, 0.0], 0.5, {2: 3.0, 0: 1.0}) == [2.0, 2.0, 3.0]
+
+
+def test_signal_state_sequence_and_draws():
+    cur = _cur("signal", decay=0.5, temperature=0.2, difficulties=[0.0, 0.5, 1.0])
+    s0 = cur.init_state()
+    assert s0 == {"scheduler": "signal", "problems": 3, "step": 0, "successes": [0.0] * 3, "failures": [0.0] * 3}
+    # problem 0 split its group (2 of 4), problem 1 was solved by all 4; problem 2 unseen
+    s1 = cur.update(s0, BatchStats([0, 1], [0.5, 1.0], None, step=0, samples=[4, 4]))
+    assert (s1["successes"], s1["failures"], s1["step"]) == ([2.0, 4.0, 0.0], [2.0, 0.0, 0.0], 1)
+    s2 = cur.update(s1, BatchStats([2], [0.25], None, step=1, samples=[4]))
+    assert (s2["successes"], s2["failures"]) == ([1.0, 2.0, 1.0], [1.0, 0.0, 3.0])
+    assert cur.log(s1) == pytest.approx({"curriculum/seen_share": 2 / 3, "curriculum/split_share": 1 / 3})
+    # draws follow softmax(score / 0.2): scores 9/7, 5/7, 1 -> weights e^(9/7/0.2), e^(5/7/0.2), e^(1/0.2)
+    w = np.exp(np.array([9 / 7, 5 / 7, 1.0]) / 0.2)
+    gen = np.random.default_rng(0)
+    counts = np.bincount([cur.sample(s1, 1, gen)[0] for _ in range(4000)], minlength=3) / 4000
+    assert counts == pytest.approx(w / w.sum(), abs=0.02)
+    assert sorted(cur.sample(s1, 3, gen)) == [0, 1, 2]  # distinct while problems remain
+
+
+def test_signal_state_resumes_through_json():
+    cur = _cur("signal")
+    s = cur.update(cur.init_state(), BatchStats([3, 7], [0.5, 0.0], None, step=0, samples=[8, 8]))
+    again = json.loads(json.dumps(s))
+    assert cur.sample(s, 5, np.random.default_rng(1)) == cur.sample(again, 5, np.random.default_rng(1))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["static_bucket_weights", "anneal_weights", "adarft_target", "sec_values", "levels_step"]
+__all__ = ["static_bucket_weights", "anneal_weights", "adarft_target", "sec_values", "levels_step",
+           "signal_scores", "decayed_counts"]
 
 
 def static_bucket_weights(n_buckets: int, progress: float, pacing: str) -> list[float]:
@@ -70,3 +71,22 @@ def levels_step(level: int, window: list[float], rewards: list[float], size: int
     if full and level < top and sum(window) / len(window) >= promote_at:
         return level + 1, []
     return level, window
+
+
+def signal_scores(successes: list[float], failures: list[float]) -> list[float]:
+    """Expected reward variance E[p(1 - p)] of each problem under a Beta(1 + s, 1 + f) posterior of its
+    pass rate p, relative to an unseen problem's (Beta(1, 1): 1/6). For Beta(a, b) it is
+    ab / ((a + b)(a + b + 1)). A group of G samples carries a GRPO/RLOO signal only when its rewards
+    differ, which is likely where p(1 - p) is large: a problem that split its last group scores above 1,
+    an unseen one 1, one solved (or failed) by every sample below 1."""
+    out = []
+    for s, f in zip(successes, failures):
+        a, b = 1.0 + s, 1.0 + f
+        out.append(6.0 * a * b / ((a + b) * (a + b + 1.0)))
+    return out
+
+
+def decayed_counts(counts: list[float], decay: float, seen: dict[int, float]) -> list[float]:
+    """Every count times ``decay`` (older outcomes say less about a policy that has moved since), plus
+    this batch's outcomes ``seen`` (problem index -> successes or failures)."""
+    return [c * decay + seen.get(i, 0.0) for i, c in enumerate(counts)]

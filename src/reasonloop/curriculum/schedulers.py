@@ -28,6 +28,11 @@ Schedulers (``CurriculumConfig.scheduler``):
 - ``sec``: a non-stationary bandit over difficulty buckets; arm reward = mean absolute
   advantage of its problems in the last batch, TD(0) values, Boltzmann sampling (Chen et al.,
   "Self-Evolving Curriculum for LLM Reasoning", 2025).
+- ``signal``: RL problems where the signal is: each problem's pass rate is tracked (a Beta posterior
+  over every group sampled from it, older groups decayed), and problems are drawn by softmax over
+  their expected reward variance, so those that split their last group come back, unseen ones come
+  next, and those every sample solved (or failed) rarely. DAPO's dynamic sampling spends rollouts
+  on flat groups and throws them away; this spends fewer of them.
 - ``levels``: procedural tasks with declared levels (``task.gym.levels``): sample the current
   level of a pre-generated pool, move up once the recent accuracy reaches ``promote_at``.
 """
@@ -45,8 +50,8 @@ from reasonloop.config import CurriculumConfig
 from reasonloop.curriculum.difficulty import bucketize
 from reasonloop.curriculum.sampling import (arm_then_problem_sample, as_generator, nearest_sample, softmax,
                                             weighted_sample)
-from reasonloop.curriculum.rules import (adarft_target, anneal_weights, levels_step, sec_values,
-                                         static_bucket_weights)
+from reasonloop.curriculum.rules import (adarft_target, anneal_weights, decayed_counts, levels_step,
+                                         sec_values, signal_scores, static_bucket_weights)
 from reasonloop.errors import UserError
 from reasonloop.stage_registry import get_stage, stage_kinds
 
@@ -63,6 +68,7 @@ class BatchStats:
     rewards: list[float]
     abs_advantages: list[float] | None = None
     step: int = 0
+    samples: list[int] | None = None  # samples behind each mean reward (the group size); None: 1 each
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,38 @@ def _sec_log(spec: Spec, state: dict) -> dict[str, float]:
     return out
 
 
+# --------------------------------------------------------------------------- signal
+
+
+def _signal_init(spec: Spec) -> dict:
+    n = len(spec.difficulties)
+    return {"step": 0, "successes": [0.0] * n, "failures": [0.0] * n}
+
+
+def _signal_sample(spec: Spec, state: dict, k: int, gen: np.random.Generator) -> list[int]:
+    scores = signal_scores(state["successes"], state["failures"])
+    return weighted_sample(softmax(scores, spec.cfg.temperature), k, gen)
+
+
+def _signal_update(spec: Spec, state: dict, stats: BatchStats) -> dict:
+    wins: dict[int, float] = {}
+    losses: dict[int, float] = {}
+    samples = stats.samples or [1] * len(stats.indices)
+    for i, r, n in zip(stats.indices, stats.rewards, samples):
+        p = min(1.0, max(0.0, float(r)))  # a mean reward in [0, 1] read as the group's pass rate
+        wins[i] = wins.get(i, 0.0) + p * n
+        losses[i] = losses.get(i, 0.0) + (1.0 - p) * n
+    return _stepped(spec, state, stats, successes=decayed_counts(state["successes"], spec.cfg.decay, wins),
+                    failures=decayed_counts(state["failures"], spec.cfg.decay, losses))
+
+
+def _signal_log(spec: Spec, state: dict) -> dict[str, float]:
+    seen = [s + f > 1e-9 for s, f in zip(state["successes"], state["failures"])]
+    scores = signal_scores(state["successes"], state["failures"])
+    return {"curriculum/seen_share": sum(seen) / len(seen),
+            "curriculum/split_share": sum(v > 1.0 for v in scores) / len(scores)}
+
+
 # --------------------------------------------------------------------------- levels
 
 
@@ -238,6 +276,7 @@ SCHEDULERS: dict[str, Scheduler] = {
     "anneal": Scheduler(_init_step, _weighted(_anneal_weights), _update_step, _log_progress),
     "adarft": Scheduler(_adarft_init, _adarft_sample, _adarft_update, _adarft_log, needs="rewards"),
     "sec": Scheduler(_sec_init, _sec_sample, _sec_update, _sec_log, needs="advantages"),
+    "signal": Scheduler(_signal_init, _signal_sample, _signal_update, _signal_log, needs="rewards"),
     "levels": Scheduler(_levels_init, _levels_sample, _levels_update, _levels_log, needs="rewards"),
 }
 
@@ -299,6 +338,8 @@ class Curriculum:
                              f"and {len(stats.rewards)} rewards")
         if stats.abs_advantages is not None and len(stats.abs_advantages) != m:
             raise ValueError(f"BatchStats: {m} indices but {len(stats.abs_advantages)} abs_advantages")
+        if stats.samples is not None and (len(stats.samples) != m or any(n < 1 for n in stats.samples)):
+            raise ValueError(f"BatchStats.samples must be one count >= 1 per index, got {stats.samples}")
         if any(not 0 <= i < n for i in stats.indices):
             raise ValueError(f"BatchStats.indices must lie in [0, {n}), got {stats.indices}")
         if any(not math.isfinite(r) for r in stats.rewards):

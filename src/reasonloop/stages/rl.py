@@ -331,7 +331,8 @@ class RLLoop:
         # |advantage| of a problem = mean absolute deviation of its group's rewards (SEC's learning signal)
         abs_adv = [sum(abs(x - m) for x in v) / len(v) for v, m in zip(per_problem.values(), rewards)] \
             if G > 1 else None
-        stats = BatchStats(indices=idx, rewards=rewards, abs_advantages=abs_adv, step=self.state["step"])
+        stats = BatchStats(indices=idx, rewards=rewards, abs_advantages=abs_adv, step=self.state["step"],
+                           samples=[len(v) for v in per_problem.values()])
         self.state["curriculum"] = self.curriculum.update(self.state["curriculum"], stats)
 
 
