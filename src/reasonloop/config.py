@@ -146,6 +146,17 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _compare_to_an_earlier_eval(self):
+        names = self.stage_names()
+        for i, stage in enumerate(self.stages):
+            target = getattr(stage, "compare_to", None)
+            earlier = [n for n, s in zip(names[:i], self.stages[:i]) if s.kind == "eval"]
+            if target is not None and target not in earlier:
+                raise ValueError(f"stages[{i}].compare_to: {target!r} is not an eval stage before this one "
+                                 f"(earlier evals: {', '.join(earlier) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
     def _ablation_arms_are_evals(self):
         evals = {n for s, n in zip(self.stages, self.stage_names()) if s.kind == "eval"}
         missing = [a for a in self.run.ablation if a not in evals]

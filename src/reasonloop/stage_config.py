@@ -98,6 +98,9 @@ class EvalStage(StageBase):
     """Sampling settings for this stage."""
     batch_size: int = Field(64, ge=1)
     """Sequences decoded at once."""
+    compare_to: str | None = None
+    """The earlier eval stage this one is paired against (null: the eval just before it). Arms of an
+    ablation that start from the same model name the eval of that model."""
 
     @model_validator(mode="after")
     def _enough_samples_for_k(self):

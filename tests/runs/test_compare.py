@@ -11,6 +11,7 @@ import yaml
 from conftest import digit_model_dir
 from reasonloop.cli import main
 from reasonloop.config import Recipe, load_recipe
+from reasonloop.errors import UserError
 from reasonloop.runs.compare import paired_with_previous, previous_eval, verdict
 from reasonloop.runs.store import RunStore
 
@@ -126,3 +127,10 @@ def test_default_recipe_pairs_every_eval_after_the_first():
     evals = [name for name, s in zip(recipe.stage_names(), recipe.stages) if s.kind == "eval"]
     assert [previous_eval(recipe, name) for name in evals] == [None, *evals[:-1]]
     assert len({s.limit for s in recipe.stages if s.kind == "eval"}) == 1  # the same 500 problems each time
+
+
+def test_compare_to_pairs_an_arm_with_the_eval_of_its_start():
+    recipe = load_recipe(None, ["stages.6.compare_to=eval_sft"])
+    assert previous_eval(recipe, "eval_rl") == "eval_sft" and previous_eval(recipe, "eval_rft") == "eval_sft"
+    with pytest.raises(UserError, match=r"stages\[2\].compare_to: 'eval_rl' is not an eval stage before this one"):
+        load_recipe(None, ["stages.2.compare_to=eval_rl"])

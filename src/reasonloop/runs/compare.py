@@ -11,8 +11,12 @@ from reasonloop.metrics import mean_interval, paired_comparison
 
 
 def previous_eval(recipe, name: str) -> str | None:
-    """The name of the last eval stage before stage `name` in the recipe (None for the first)."""
+    """The eval stage `name` is paired against: its `compare_to`, else the last eval stage before it in
+    the recipe (None for the first)."""
     names = recipe.stage_names()
+    chosen = getattr(recipe.stages[names.index(name)], "compare_to", None)
+    if chosen is not None:
+        return chosen
     earlier = [n for n, stage in zip(names[: names.index(name)], recipe.stages) if stage.kind == "eval"]
     return earlier[-1] if earlier else None
 
