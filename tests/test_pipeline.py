@@ -165,3 +165,19 @@ def test_run_progress_setting_turns_bars_off(tmp_path, tiny_model_dir, capfd, sh
     capfd.readouterr()
     run_pipeline(recipe, tmp_path / "run", progress=True)
     assert ("%|" in capfd.readouterr().err) == shown  # tqdm's bar
+
+
+def test_init_from_names_a_stage_output_base_or_a_path(tmp_path):
+    from reasonloop.config import load_recipe
+    from reasonloop.errors import UserError
+    from reasonloop.pipeline import RunContext
+
+    recipe = load_recipe(None, ["model.path=/models/sft"])
+    ctx = RunContext(recipe=recipe, run_dir=tmp_path, store=None, current_model="/runs/a/model",
+                     outputs={"sft": "/runs/a/sft"})
+    assert ctx.resolve_model(None) == "/runs/a/model"
+    assert ctx.resolve_model("sft") == "/runs/a/sft"
+    assert ctx.resolve_model("base") == "/models/sft"  # the recipe's model.path: arms start from one model
+    assert ctx.resolve_model("/elsewhere") == "/elsewhere"
+    with pytest.raises(UserError, match="init_from: stage 'grpo' has not produced a model"):
+        ctx.resolve_model("grpo")

@@ -55,9 +55,12 @@ class RunContext:
         return self.run_dir / "stages" / name
 
     def resolve_model(self, ref: str | None) -> str:
-        """A stage name (its output), `default`, or a path; None means the previous stage's output."""
+        """A stage name (its output), `base` (the recipe's `model.path`), `default`, or a path; None means
+        the previous stage's output."""
         if ref is None:
             return self.current_model
+        if ref == "base":
+            return self.recipe.model.path
         if ref in self.outputs:
             return self.outputs[ref]
         if ref in self.recipe.stage_names():

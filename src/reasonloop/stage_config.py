@@ -80,7 +80,8 @@ class StageBase(Strict):
     name: str | None = None
     """Stage name in the run folder; defaults to `<kind><index>`."""
     init_from: str | None = None
-    """Model to start from: a stage name, a path, or `default`. Defaults to the previous stage's output."""
+    """Model to start from: a stage name, `base` (the recipe's `model.path`), a path, or `default`.
+    Defaults to the previous stage's output."""
 
 
 class EvalStage(StageBase):
