@@ -88,5 +88,6 @@ def mapped_problems(cfg, path: str, split: str) -> list[Problem]:
             raise UserError(f"{where}: empty answer in field {f['answer']!r}")
         out.append(Problem(id=str(pid) if pid is not None else f"{Path(path).stem}-{split}-{len(out)}",
                            question=str(rec[f["question"]]), answer=answer, reasoning=reasoning,
-                           difficulty=float(diff) if diff is not None else None, source=kind))
+                           difficulty=float(diff) if diff is not None else None, source=kind,
+                           meta={"record": rec}))  # every column, for TRL-style rewards
     return out
