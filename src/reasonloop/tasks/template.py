@@ -30,7 +30,8 @@ def template_parts(template: str) -> list[tuple[str, str | None]]:
     for literal, name, spec, conversion in parsed:
         if name is not None:
             if not name.strip():
-                raise ValueError(f"template {template!r} has an empty placeholder {{}}; name a field, e.g. {{Question}}")
+                raise ValueError(f"template {template!r} has an empty placeholder {{}}; name a field, "
+                                 "e.g. {Question}")
             if spec or conversion or any(c in name for c in ".["):
                 raise ValueError(f"template {template!r}: placeholders are plain field names, e.g. "
                                  f"{{Question}}; got {{{name}{'!' + conversion if conversion else ''}"
