@@ -8,6 +8,8 @@ BPE retrained to SMALL_VOCAB entries on arithmetic text: with the real 49k vocab
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +105,14 @@ def digit_model_dir(tokenizer, out, favoured=7):
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def readme_reward_module(tmp_path, monkeypatch) -> str:
+    """The README's TRL-style reward example written to trl_rewards.py on sys.path, as a user would."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("```python\n# trl_rewards.py") + len("```python\n")
+    (tmp_path / "trl_rewards.py").write_text(readme[start: readme.index("```", start)])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "trl_rewards", raising=False)  # this test's copy, not a cached one
+    return "trl_rewards"

@@ -1,4 +1,4 @@
-"""`reasonloop` command line: run, validate, eval, sft, rft, rl, report, tasks.
+"""`reasonloop` command line: run, validate, eval, sft, rft, rl, report, compare, tasks.
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="(re)write report.html of a run folder")
     rep.add_argument("run_dir")
+    cmp = sub.add_parser("compare", help="is run B better than run A? paired comparison of one eval of each")
+    cmp.add_argument("run_a")
+    cmp.add_argument("run_b")
+    cmp.add_argument("--stage", default=None, help="the eval stage to compare in both runs (default: each run's last)")
+    cmp.add_argument("--html", default=None, help="page to write (default: compare-<A>-vs-<B>.html here)")
     sub.add_parser("tasks", help="list task sources and reasoning-gym task names")
     return p
 
@@ -133,6 +138,15 @@ def _dispatch(args) -> int:
         if not (Path(args.run_dir) / "store.sqlite").is_file():
             raise UserError(f"{args.run_dir}: not a run folder (no store.sqlite)")
         print(write_report(Path(args.run_dir)))
+        return 0
+    if args.command == "compare":
+        from reasonloop.runs.compare_runs import compare_evals, format_table, read_eval, write_html
+
+        a, b = read_eval(args.run_a, args.stage), read_eval(args.run_b, args.stage)
+        result = compare_evals(a, b)
+        print(format_table(result))
+        default = f"compare-{Path(args.run_a).resolve().name}-vs-{Path(args.run_b).resolve().name}.html"
+        print(f"html: {write_html(result, a, b, args.html or default)}")
         return 0
     if args.command == "tasks":
         import reasoning_gym

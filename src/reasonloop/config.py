@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from reasonloop import stage_registry
 from reasonloop.recipe_io import apply_override, load_yaml_with_lines, parse_overrides, validate_with_lines
 from reasonloop.tasks import task_sources
+from reasonloop.tasks.template import check_fields
 from reasonloop.tasks.gym import GymConfig  # noqa: F401  (the task.gym section lives with its source)
 from reasonloop.stage_config import (CurriculumConfig, Decoding, EvalStage, OptimConfig, RftStage, RlStage,  # noqa: F401
                                      SftStage, StageBase, Strict)
@@ -70,7 +71,9 @@ class TaskConfig(Strict):
     test: str | None = None
     """Held-out file or HF split spec."""
     fields: dict[str, str] = {}
-    """Field mapping for jsonl/parquet/hf: keys `question`, `answer`, optional `reasoning`, `difficulty`, `id`."""
+    """Field mapping for jsonl/parquet/hf: keys `question`, `answer`, optional `reasoning`, `difficulty`, `id`,
+    each naming a record field. `question`, `answer`, `reasoning` and `id` also take a template over any fields,
+    e.g. `question: "{Body} {Question}"` (quoted in YAML; `reasonloop.tasks.template`)."""
     gym: GymConfig | None = None
     """reasoning-gym settings (source: gym)."""
     strip_calculator: bool = True
@@ -90,6 +93,11 @@ class TaskConfig(Strict):
     """How `numeric_tolerance` is applied to non-integer gold answers."""
     prompt: PromptConfig = PromptConfig()
     """How questions are turned into chat prompts."""
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _field_templates(cls, value):
+        return check_fields(value) if isinstance(value, dict) else value
 
     @field_validator("source")
     @classmethod

@@ -187,16 +187,57 @@ def _open_store(recipe: Recipe, run_dir: Path) -> tuple[RunStore, RunLock | None
     return (store if store is not None else RunStore(run_dir / "store.sqlite", readonly=True)), lock
 
 
+def clock(seconds: float) -> str:
+    """`h:mm:ss` of a duration."""
+    seconds = int(round(max(0.0, seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def estimate_remaining(done: list[tuple[str, float]], remaining: list[str]) -> float | None:
+    """Seconds the `remaining` stage kinds will take, from the (kind, seconds) of the stages done so far:
+    each remaining stage is taken to last as long as the mean of the done stages of its kind, or of all
+    done stages when none of its kind has run (an eval is much shorter than an RL stage). None before
+    any stage is done: there is nothing to go by."""
+    if not remaining:
+        return 0.0
+    if not done:
+        return None
+    overall = sum(s for _, s in done) / len(done)
+    by_kind: dict[str, list[float]] = {}
+    for kind, seconds in done:
+        by_kind.setdefault(kind, []).append(seconds)
+    return sum(sum(by_kind[k]) / len(by_kind[k]) if k in by_kind else overall for k in remaining)
+
+
+def progress_line(position: int, total: int, name: str, event: str, elapsed: float, left: float | None,
+                  now: float) -> str:
+    """`stage 3/7 rft: start; elapsed 0:12:31, ETA 14:32:10 (~0:30:00 left)` for the run log."""
+    eta = "ETA unknown" if left is None else \
+        f"ETA {time.strftime('%H:%M:%S', time.localtime(now + left))} (~{clock(left)} left)"
+    return f"stage {position + 1}/{total} {name}: {event}; elapsed {clock(elapsed)}, {eta}"
+
+
 def run_pipeline(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> dict:
     run_dir = Path(run_dir)
     store, lock = _open_store(recipe, run_dir)
     ctx = RunContext(recipe=recipe, run_dir=run_dir, store=store, progress=progress and recipe.run.progress,
                      current_model=recipe.model.path)
     hf_bars = _hf_progress_bars(ctx.progress)
+    started, total = time.time(), len(recipe.stages)
+    done: list[tuple[str, float]] = []  # (kind, seconds) of finished stages, this run or an earlier attempt
     try:
         summary = None
         for i, (cfg, name) in enumerate(zip(recipe.stages, recipe.stage_names())):
-            _run_stage(ctx, i, cfg, name)
+            kinds_left = [s.kind for s in recipe.stages[i:]]
+            now = time.time()
+            log.info(progress_line(i, total, name, "start", now - started, estimate_remaining(done, kinds_left), now))
+            ran = _run_stage(ctx, i, cfg, name)
+            seconds = (ctx.store.stage(name) or {}).get("seconds") or 0.0
+            done.append((cfg.kind, seconds))
+            now = time.time()
+            event = f"done in {clock(seconds)}" if ran else f"skipped (done earlier in {clock(seconds)})"
+            log.info(progress_line(i, total, name, event, now - started, estimate_remaining(done, kinds_left[1:]),
+                                   now))
             if dist.is_main():
                 write_summary(ctx)
         if dist.is_main():
@@ -241,7 +282,8 @@ def stage_output(run_dir: Path, model: str) -> Path:
     return Path(model) if not path.exists() and Path(model).exists() else path
 
 
-def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:
+def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> bool:
+    """Run one stage, or skip it when an earlier attempt finished it; True when it ran."""
     # Rank 0's view of the stage decides for all ranks: they skip or run it together.
     row = dist.broadcast_object(ctx.store.stage(name) if dist.is_main() else None)
     if row is not None and row["status"] == "done":
@@ -250,7 +292,7 @@ def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:
             log.info("stage %s already done; skipping", name)
             if model:
                 ctx.outputs[name] = ctx.current_model = str(stage_output(ctx.run_dir, model))
-            return
+            return False
         # Its model folder was deleted: the stage runs again, resuming at its last checkpoint (its last
         # step), which holds the weights; without a checkpoint it trains again from the same seeds.
         log.warning("stage %s is done but its model folder is missing; rebuilding it", name)
@@ -267,3 +309,4 @@ def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> None:
     ctx.store.finish_stage(name, to_run_relative(result, ctx.run_dir))
     if result.get("model"):
         ctx.outputs[name] = ctx.current_model = result["model"]
+    return True

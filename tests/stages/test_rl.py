@@ -238,3 +238,33 @@ def test_micro_batches_do_not_change_the_update(tiny_model_dir, tmp_path, aggreg
     assert whole.get("skipped_update") is None and split["loss"] == pytest.approx(whole["loss"], abs=1e-6)
     assert grad_whole.norm() > 0
     torch.testing.assert_close(grad_split, grad_whole, atol=1e-6 * grad_whole.abs().max().item(), rtol=1e-4)
+
+
+def test_trl_style_reward_runs_unchanged_in_rl(tiny_model_dir, tmp_path, monkeypatch, readme_reward_module):
+    """The README's TRL-style reward, loaded from a recipe-style `module:function`, through RLLoop's reward
+    path: called with keywords, dataset columns as lists aligned with the completions."""
+    import importlib
+
+    from reasonloop.verify.rewards import build_reward
+
+    module = importlib.import_module(readme_reward_module)
+    seen = []
+
+    def spy(completions, **kwargs):  # TRL-style itself, so the adapter still calls it with keywords
+        values = module.exact_answer(completions, **kwargs)
+        seen.append((list(completions), kwargs, values))
+        return values
+
+    monkeypatch.setattr(module, "spy", spy, raising=False)
+    store = RunStore(tmp_path / "s.sqlite")
+    cfg = rl_cfg("grpo", steps=2, dynamic_sampling=False)
+    loop = make_loop(tiny_model_dir, cfg, tmp_path, store, reward_fn=build_reward([f"{module.__name__}:spy"]))
+    train_rl(loop, progress=False)
+    assert len(seen) == 2
+    for completions, kwargs, values in seen:
+        by_id = {p.id: p for p in PROBLEMS}
+        assert len(kwargs["answer"]) == len(kwargs["prompts"]) == len(completions) == len(values)
+        assert kwargs["answer"] == [by_id[i].answer for i in kwargs["id"]]
+        assert kwargs["prompts"] == [by_id[i].question for i in kwargs["id"]]
+    logged = [v for _, v in store.metrics("rl", "reward_mean")]
+    assert logged == pytest.approx([sum(v) / len(v) for _, _, v in seen])

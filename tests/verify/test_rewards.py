@@ -153,3 +153,45 @@ def test_check_rewards():
         check_rewards(1.0, "r", 1)
     with pytest.raises(UserError, match="reward 'r' returned a NoneType"):
         check_rewards(None, "r", 1)
+
+
+# ---------------------------------------------------------------- TRL's convention
+def test_calling_convention_is_read_from_the_signature():
+    from reasonloop.verify.rewards import calling_convention
+
+    def trl(completions, **kwargs): ...
+    def trl_with_column(completions, solution, **kwargs): ...  # TRL's own accuracy_reward has this shape
+    def ours(completions, problems): ...
+    def ours_with_kwargs(completions, problems, **kwargs): ...
+
+    assert calling_convention(trl) == calling_convention(trl_with_column) == "trl"
+    assert calling_convention(ours) == calling_convention(ours_with_kwargs) == "positional"
+    assert calling_convention(len) == "positional"  # a builtin: positional, as before
+
+
+def test_trl_columns_pass_problem_fields_and_record_columns():
+    from reasonloop.verify.rewards import trl_columns
+
+    a = Problem(id="a", question="Q1", answer="5", meta={"record": {"Body": "B1", "Answer": 5.0, "answer": "raw"}})
+    b = Problem(id="b", question="Q2", answer="7", difficulty=2.0, meta={"record": {"Body": "B2", "Extra": 1}})
+    cols = trl_columns([a, b])
+    assert cols["prompts"] == ["Q1", "Q2"] and cols["answer"] == ["5", "7"]  # the problem's answer wins
+    assert cols["Body"] == ["B1", "B2"] and cols["Answer"] == [5.0, None] and cols["Extra"] == [None, 1]
+    assert cols["id"] == ["a", "b"] and cols["difficulty"] == [None, 2.0] and cols["problems"] == [a, b]
+
+
+def test_readme_trl_rewards_work_as_written(readme_reward_module):
+    module = readme_reward_module
+    reward = build_reward(["correct", f"{module}:exact_answer", f"{module}:brevity"])
+    total, parts = reward.breakdown(["Answer: 5", "Answer: 6 and more words"], [P, P])
+    assert parts[f"{module}:exact_answer"] == [1.0, 0.0]
+    assert parts[f"{module}:brevity"] == pytest.approx([-(9 - 4) / 1000, -(24 - 4) / 1000])
+    assert total == pytest.approx([2.0 - 0.005, -0.020])
+
+
+def test_trl_reward_errors_name_the_function(tmp_path, monkeypatch):
+    (tmp_path / "trl_bad.py").write_text("def needs_column(completions, solution, **kwargs):\n    return [1.0]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reward = build_reward(["trl_bad:needs_column"])
+    with pytest.raises(UserError, match=r"reward function 'trl_bad:needs_column' raised TypeError: .*'solution'"):
+        reward(["a"], [P])

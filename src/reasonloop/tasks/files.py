@@ -8,6 +8,7 @@ from typing import Iterator
 
 from reasonloop.errors import UserError
 from reasonloop.tasks.base import Problem
+from reasonloop.tasks.template import is_template, render
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -74,19 +75,25 @@ def read_records(path: str, required: tuple[str, ...] = (), kind: str = "jsonl"
         yield where, rec
 
 
+def _field_value(rec: dict, spec: str, where: str, key: str):
+    """The value `task.fields.<key>` stands for in one record: a field, or a template filled from several."""
+    return render(spec, rec, where, key) if is_template(spec) else rec.get(spec)
+
+
 def mapped_problems(cfg, path: str, split: str) -> list[Problem]:
-    """Problems from records whose fields `task.fields` names (jsonl, parquet and hf sources)."""
+    """Problems from records whose fields `task.fields` names or combines in a template (jsonl, parquet, hf)."""
     kind = cfg.source
     f = {"question": "question", "answer": "answer", **cfg.fields}
+    required = tuple(f[k] for k in ("question", "answer") if not is_template(f[k]))  # templates check their own
     out = []
-    for where, rec in read_records(path, required=(f["question"], f["answer"]), kind=kind):
-        diff = rec.get(f["difficulty"]) if "difficulty" in f else None
-        pid = rec.get(f["id"]) if "id" in f else None
-        reasoning = rec.get(f["reasoning"]) if "reasoning" in f else None
-        answer = str(rec[f["answer"]]).strip()
+    for where, rec in read_records(path, required=required, kind=kind):
+        value = {key: _field_value(rec, spec, where, key) for key, spec in f.items()}
+        diff, pid, reasoning = value.get("difficulty"), value.get("id"), value.get("reasoning")
+        answer = str(value["answer"]).strip()
         if not answer:
             raise UserError(f"{where}: empty answer in field {f['answer']!r}")
         out.append(Problem(id=str(pid) if pid is not None else f"{Path(path).stem}-{split}-{len(out)}",
-                           question=str(rec[f["question"]]), answer=answer, reasoning=reasoning,
-                           difficulty=float(diff) if diff is not None else None, source=kind))
+                           question=str(value["question"]), answer=answer, reasoning=reasoning,
+                           difficulty=float(diff) if diff is not None else None, source=kind,
+                           meta={"record": rec}))  # every column, for TRL-style rewards
     return out

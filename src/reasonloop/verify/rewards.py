@@ -12,13 +12,21 @@ Built-ins, chosen by name in a recipe's ``reward`` list:
 The built-ins score the one `reasonloop.verify.judge` verdict per completion (for program-of-thought,
 the program's printed result); reasoning-gym problems are judged by the dataset's ``score_answer``.
 
-Any other entry ``package.module:function`` is imported and called as ``function(completions,
-problems)``. Several rewards are summed with weights.
+Any other entry ``package.module:function`` is imported and called in one of two conventions, told apart by
+its signature (`calling_convention`):
+
+- reasonloop's: ``function(completions, problems)``, positionally, with `Problem` objects;
+- TRL's (``GRPOTrainer``): ``function(completions, **kwargs)``: a function with a ``**kwargs`` parameter and
+  none named ``problems`` is called with keywords only: ``completions``, ``prompts`` (the questions) and one
+  list per dataset column (`trl_columns`), e.g. ``answer`` or a JSONL file's own ``Answer``.
+
+Several rewards are summed with weights.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -95,7 +103,50 @@ def load_reward(spec: str, where: str = "reward") -> RewardFn:
         raise UserError(f"{where}: reward {spec!r}: module {module_name!r} has no attribute {attr!r}")
     if not callable(fn):
         raise UserError(f"{where}: reward {spec!r}: {attr!r} is not callable (it is {type(fn).__name__})")
-    return fn
+    return TrlReward(fn) if calling_convention(fn) == "trl" else fn
+
+
+def calling_convention(fn) -> str:
+    """'trl' for a function written for TRL's GRPOTrainer (a ``**kwargs`` parameter and no ``problems``
+    parameter: TRL calls every reward with keywords only), else 'positional' (``fn(completions, problems)``).
+    A callable without a readable signature (a C function) is taken as positional."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return "positional"
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return "trl" if takes_kwargs and not any(p.name == "problems" for p in params) else "positional"
+
+
+def trl_columns(problems: list[Problem]) -> dict[str, list]:
+    """The keyword lists a TRL-style reward receives besides ``completions``, one entry per completion.
+
+    ``prompts``: the question asked; ``question``, ``answer`` (the gold final answer), ``reasoning``,
+    ``difficulty``, ``id``: the problem's fields; then every column of the source record under its own name
+    (JSONL/Parquet/HF sources keep it in ``meta['record']``), None where a record lacks it. The problem's
+    fields win a clash (a GSM8K record's ``answer`` is the whole solution; the gold answer is what is judged).
+    ``problems`` is passed too, for rewards that want the `Problem` objects.
+    """
+    columns: dict[str, list] = {
+        "prompts": [p.question for p in problems], "question": [p.question for p in problems],
+        "answer": [p.answer for p in problems], "reasoning": [p.reasoning for p in problems],
+        "difficulty": [p.difficulty for p in problems], "id": [p.id for p in problems],
+        "problems": list(problems)}
+    records = [p.meta.get("record") or {} for p in problems]
+    for key in dict.fromkeys(k for rec in records for k in rec):  # first-seen order, no repeats
+        if key not in columns and key != "completions":
+            columns[key] = [rec.get(key) for rec in records]
+    return columns
+
+
+@dataclass
+class TrlReward:
+    """A TRL-style reward function adapted to reasonloop's ``(completions, problems)`` protocol."""
+
+    fn: Callable[..., list[float]]
+
+    def __call__(self, completions: list[str], problems: list[Problem]) -> list[float]:
+        return self.fn(completions=completions, **trl_columns(problems))
 
 
 def check_rewards(values, name: str, expected: int) -> list[float]:
