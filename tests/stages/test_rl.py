@@ -268,3 +268,12 @@ def test_trl_style_reward_runs_unchanged_in_rl(tiny_model_dir, tmp_path, monkeyp
         assert kwargs["prompts"] == [by_id[i].question for i in kwargs["id"]]
     logged = [v for _, v in store.metrics("rl", "reward_mean")]
     assert logged == pytest.approx([sum(v) / len(v) for _, _, v in seen])
+
+
+def test_curriculum_stats_merge_ranks_by_hand():
+    from reasonloop.stages.rl_batch import curriculum_stats
+
+    # problem 3: rewards 1, 0 (rank 0) and 1, 1 (rank 1); problem 5: 0, 0
+    stats = curriculum_stats([([3, 3, 5, 5], [1.0, 0.0, 0.0, 0.0]), ([3, 3], [1.0, 1.0])], G=2, step=7)
+    assert stats.indices == [3, 5] and stats.rewards == [0.75, 0.0] and stats.samples == [4, 2]
+    assert stats.abs_advantages == [0.375, 0.0] and stats.step == 7  # |1-.75|*3 + |0-.75| = 1.5, / 4

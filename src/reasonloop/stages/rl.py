@@ -32,8 +32,9 @@ from reasonloop.errors import UserError
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.stages.rollout import generate_judged, sampling_params
-from reasonloop.stages.rl_batch import (Rollout, completion_mask, last_token_scores, pack_rollout,
-                                        plan_micro_batches, policy_stats, rollout_metrics, row_mask)
+from reasonloop.stages.rl_batch import (Rollout, completion_mask, curriculum_stats, last_token_scores,
+                                        pack_rollout, plan_micro_batches, policy_stats, rollout_metrics,
+                                        row_mask)
 from reasonloop.stages.sft_data import shuffled_order
 from reasonloop.tasks import train_subset
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
@@ -318,21 +319,8 @@ class RLLoop:
         curriculum most needs to see."""
         if self.curriculum is None:
             return
-        from reasonloop.curriculum import BatchStats
-
-        G = self.cfg.group_size
-        per_problem: dict[int, list[float]] = {}
         mine = (rollout.indices, rollout.rewards.tolist()) if rollout is not None else ([], [])
-        for part in dist.all_gather_object(mine):  # every rank's groups
-            for i, r in zip(*part):
-                per_problem.setdefault(i, []).append(r)
-        idx = list(per_problem)
-        rewards = [sum(v) / len(v) for v in per_problem.values()]
-        # |advantage| of a problem = mean absolute deviation of its group's rewards (SEC's learning signal)
-        abs_adv = [sum(abs(x - m) for x in v) / len(v) for v, m in zip(per_problem.values(), rewards)] \
-            if G > 1 else None
-        stats = BatchStats(indices=idx, rewards=rewards, abs_advantages=abs_adv, step=self.state["step"],
-                           samples=[len(v) for v in per_problem.values()])
+        stats = curriculum_stats(dist.all_gather_object(mine), self.cfg.group_size, self.state["step"])
         self.state["curriculum"] = self.curriculum.update(self.state["curriculum"], stats)
 
 

@@ -133,3 +133,20 @@ def rollout_metrics(rollout: Rollout | None, sampled: Rollout | None, G: int, dy
                    accuracy=totals["correct"] / totals["sampled"],
                    response_tokens=totals["tokens"] / totals["sampled"])
     return out
+
+
+def curriculum_stats(parts: list[tuple[list[int], list[float]]], G: int, step: int):
+    """What the curriculum learns from one step: every rank's (problem indices, rewards) merged into each
+    problem's mean reward, sample count and |advantage| (the mean absolute deviation of its rewards,
+    SEC's learning signal; None when G = 1)."""
+    from reasonloop.curriculum import BatchStats
+
+    per_problem: dict[int, list[float]] = {}
+    for indices, rewards in parts:
+        for i, r in zip(indices, rewards):
+            per_problem.setdefault(i, []).append(r)
+    means = [sum(v) / len(v) for v in per_problem.values()]
+    abs_adv = [sum(abs(x - m) for x in v) / len(v) for v, m in zip(per_problem.values(), means)] \
+        if G > 1 else None
+    return BatchStats(indices=list(per_problem), rewards=means, abs_advantages=abs_adv, step=step,
+                      samples=[len(v) for v in per_problem.values()])
