@@ -11,6 +11,7 @@ from reasonloop.runs.report import write_report
 from reasonloop.runs.report_plots import stacked_phases
 from reasonloop.runs.sinks import make_sinks
 from reasonloop.runs.store import RunStore
+from report_check import tiny_run
 
 
 def test_sinks_receive_every_store_log_with_stage_prefixes(tmp_path, monkeypatch):
@@ -30,50 +31,9 @@ def test_missing_sink_package_is_one_line(tmp_path, monkeypatch):
         make_sinks(["mlflow"], tmp_path)
 
 
-def tiny_run(run_dir):
-    """A run folder as the pipeline leaves it (eval, sft, eval, rl, eval), written by hand: every plot of the
-    report has data, and the numbers are known."""
-    store = RunStore(run_dir / "store.sqlite")
-    store.start_stage("base", "eval", 0)
-    store.add_samples("base", 0, [{"problem_id": "p1", "prompt": "What is 2 + 2?", "completion": "Answer: <4>",
-                                   "reward": 1.0, "correct": True, "tokens": 3}])
-    store.finish_stage("base", {"top1": 0.5, "top1_ci95": [0.2, 0.8], "n": 2, "mean_tokens": 3.0})
-    store.start_stage("sft", "sft", 1)
-    for step in (1, 2, 3):
-        store.log_metrics("sft", step, {"loss": 1.0 / step})
-    store.finish_stage("sft", {"final_loss": 0.33})
-    store.start_stage("eval_sft", "eval", 2)
-    store.finish_stage("eval_sft", {"top1": 0.75, "top1_ci95": [0.4, 0.9], "n": 2, "mean_tokens": 5.0})
-    store.start_stage("grpo", "rl", 3)
-    for step in (1, 2, 3, 4):
-        times = {"time/generate": 2.0, "time/judge": 0.1, "time/old_logprobs": 0.3, "time/update": 1.0,
-                 "time/sync": 0.05} | ({"time/eval": 1.5, "eval_top1": 0.25 * step / 2} if step % 2 == 0 else {})
-        store.log_metrics("grpo", step, {"loss": 0.1 * step, "reward_mean": 0.2 + 0.05 * step,
-                                         "flat_share": 0.5, "curriculum/seen_share": step / 4, **times})
-    store.finish_stage("grpo", {"final_loss": 0.4, "final_reward": 0.4, "steps": 4})
-    store.start_stage("eval_grpo", "eval", 4)
-    store.finish_stage("eval_grpo", {"top1": 0.8, "top1_ci95": [0.5, 0.95], "n": 2, "mean_tokens": 6.0})
-    store.close()
-    base = {"top1": 0.5, "top1_ci95": [0.2, 0.8], "n": 2, "mean_tokens": 3.0, "maj_k": None}
-    after_sft = {"top1": 0.75, "top1_ci95": [0.4, 0.9], "n": 2, "mean_tokens": 5.0, "maj_k": None,
-                 "paired": {"vs": "base", "n": 2, "delta": 0.25, "delta_ci95": [-0.3, 0.7], "p_value": 1.0,
-                            "wins": 1, "losses": 0}}
-    after_rl = {"top1": 0.8, "top1_ci95": [0.5, 0.95], "n": 2, "mean_tokens": 6.0, "maj_k": None,
-                "paired": {"vs": "eval_sft", "n": 2, "delta": 0.05, "delta_ci95": [-0.2, 0.3], "p_value": 0.03,
-                           "wins": 9, "losses": 1}}
-    # as pipeline._summary_entries writes it: a training stage carries the next eval's numbers
-    (run_dir / "summary.json").write_text(json.dumps({"stages": [
-        {"name": "base", "kind": "eval", "seconds": 1.0, "eval": base},
-        {"name": "sft", "kind": "sft", "seconds": 2.0, "final_loss": 0.33, "steps": 3, "eval": after_sft},
-        {"name": "eval_sft", "kind": "eval", "seconds": 1.0, "eval": after_sft},
-        {"name": "grpo", "kind": "rl", "seconds": 9.0, "final_loss": 0.4, "steps": 4, "eval": after_rl},
-        {"name": "eval_grpo", "kind": "eval", "seconds": 1.0, "eval": after_rl}]}))
-    return run_dir
-
-
 def test_report_shows_stages_plots_and_samples(tmp_path):
     page = write_report(tiny_run(tmp_path)).read_text()
-    assert '<td>base</td><td>eval</td><td>0.500</td><td class="nowrap">0.200–0.800</td>' in page
+    assert '<td>base</td><td>eval</td><td class="nowrap">0.500<br><span class="ci">[0.200, 0.800]</span></td>' in page
     assert "Held-out accuracy per stage" in page and "Stage sft (sft)" in page and "Stage grpo (rl)" in page
     # accuracy bars, lengths (one sample), sft curves; grpo: eval_top1 curve, time breakdown, curves
     assert page.count("data:image/png;base64,") == 6
@@ -83,8 +43,8 @@ def test_report_shows_stages_plots_and_samples(tmp_path):
 
 def test_report_has_one_row_per_measurement_with_the_paired_gain(tmp_path):
     page = write_report(tiny_run(tmp_path)).read_text()
-    assert page.count("<td>0.750</td>") == 1 and page.count("<td>0.800</td>") == 1  # not repeated on sft, grpo
-    assert '<tr class="train"><td>sft</td><td>sft</td><td class="note" colspan="11">3 step(s), final loss 0.33; ' \
+    assert page.count(">0.750<br>") == 1 and page.count(">0.800<br>") == 1  # not repeated on sft, grpo
+    assert '<tr class="train"><td>sft</td><td>sft</td><td class="note" colspan="10">3 step(s), final loss 0.33; ' \
            'measured by eval_sft below</td>' in page
     assert "measured by eval_grpo below" in page
     row = page[page.index("<td>eval_grpo</td>"):].split("</tr>")[0]

@@ -15,7 +15,7 @@ from reasonloop.runs.store import RunStore
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#f3f3f3;white-space:nowrap}img{max-width:100%}.ok{color:#176d2c}.bad{color:#a11}
-td.nowrap{white-space:nowrap}tr.train td{background:#fafafa;color:#666}td.note{text-align:left}
+td.nowrap{white-space:nowrap}.ci{color:#666;font-size:12px}tr.train td{background:#fafafa;color:#666}td.note{text-align:left}
 .raises,.lowers{font-weight:600;white-space:nowrap}.raises{color:#176d2c}.lowers{color:#a11}
 pre{background:#f7f7f7;padding:8px;white-space:pre-wrap;font-size:12px;border-left:3px solid #ccc}"""
 
@@ -41,10 +41,14 @@ LEGEND = (
     "temperature T (pass@1), 95% interval over problems; it can move while greedy top-1 does not. When the "
     "previous eval sampled too, &Delta; is the mean paired difference of per-problem sampled accuracy "
     "(t-interval over problems).</p>")
-HEAD = ("stage", "kind", "top-1", "95% CI", "gain over previous<br>eval [95% CI]", "vs", "won / lost", "p", "verdict",
+HEAD = ("stage", "kind", "top-1<br>[95% CI]", "gain over previous<br>eval [95% CI]", "vs", "won / lost", "p", "verdict",
         "sampled", "maj@k", "pass@k", "tokens", "seconds")
 TRAINING_FIELDS = (("steps", "{:d} step(s)"), ("examples", "{:d} examples"), ("kept", "{:d} kept"),
                    ("final_loss", "final loss {:.4g}"), ("final_reward", "final reward {:.3f}"))
+
+
+def _seconds(entry: dict) -> str:
+    return f"{entry['seconds']:.1f}" if entry["seconds"] < 10 else f"{entry['seconds']:.0f}"
 
 
 def _td(text: str, cls: str = "") -> str:
@@ -60,7 +64,7 @@ def _paired_cells(ev: dict) -> list[str]:
     vs = html.escape(pr["vs"]) + (f" ({pr['n']} paired)" if pr.get("note") else "")
     word = verdict(pr)
     return [_td(delta_text(pr), "nowrap"), _td(vs), _td(f"{pr['wins']} / {pr['losses']}", "nowrap"),
-            _td(f"{pr['p_value']:.2g}"), _td(word, {"raises": "raises", "lowers": "lowers"}.get(word, "nowrap"))]
+            _td(f"{pr['p_value']:.2g}"), _td(word, {"raises": "raises", "lowers": "lowers"}.get(word, ""))]
 
 
 def _sampled_cell(ev: dict) -> str:
@@ -80,9 +84,10 @@ def _eval_row(s: dict) -> str:
     ev = s["eval"]
     rate = lambda key: f"{ev[key]:.3f}" if ev.get(key) is not None else ""  # noqa: E731
     lo, hi = ev["top1_ci95"]
-    cells = [_td(html.escape(s["name"])), _td("eval"), _td(rate("top1")), _td(f"{lo:.3f}–{hi:.3f}", "nowrap"),
+    top1 = f'{rate("top1")}<br><span class="ci">[{lo:.3f}, {hi:.3f}]</span>'
+    cells = [_td(html.escape(s["name"])), _td("eval"), _td(top1, "nowrap"),
              *_paired_cells(ev), _sampled_cell(ev), _td(rate("maj_k")), _td(rate("pass_k")),
-             _td(f"{ev['mean_tokens']:.0f}" if ev.get("mean_tokens") is not None else ""), _td(f"{s['seconds']:.0f}")]
+             _td(f"{ev['mean_tokens']:.0f}" if ev.get("mean_tokens") is not None else ""), _td(_seconds(s))]
     return "<tr>" + "".join(cells) + "</tr>"
 
 
@@ -93,7 +98,7 @@ def _training_row(s: dict, measured_by: str | None) -> str:
     note = ", ".join(done) or s.get("status", "")
     note += f"; measured by {measured_by} below" if measured_by else "; not evaluated"
     cells = [_td(html.escape(s["name"])), _td(html.escape(s["kind"])),
-             f'<td class="note" colspan="{len(HEAD) - 3}">{html.escape(note)}</td>', _td(f"{s['seconds']:.0f}")]
+             f'<td class="note" colspan="{len(HEAD) - 3}">{html.escape(note)}</td>', _td(_seconds(s))]
     return '<tr class="train">' + "".join(cells) + "</tr>"
 
 
