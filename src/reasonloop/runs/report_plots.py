@@ -35,7 +35,13 @@ def png(fig) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _integer_steps(ax) -> None:
+def _integer_steps(ax, steps: tuple[int, int] | None = None) -> None:
+    """Whole steps on the x axis, over `steps` (first, last) when given; a single point gets a step either
+    side (matplotlib would label 1.900 ... 2.100 around it)."""
+    lo, hi = (steps[0] - 0.5, steps[1] + 0.5) if steps else ax.get_xlim()
+    if hi - lo < 2:
+        lo, hi = (lo + hi) / 2 - 1, (lo + hi) / 2 + 1
+    ax.set_xlim(lo, hi)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step", fontsize=8)
 
@@ -94,7 +100,8 @@ def eval_curve_plot(store: RunStore, stage: str) -> str | None:
     ax.set_ylabel("held-out top-1 (greedy)")
     ax.set_title("held-out top-1 during training", fontsize=10)
     ax.grid(alpha=0.3)
-    _integer_steps(ax)
+    trained = [step for key in store.metric_keys(stage) for step, _ in store.metrics(stage, key)]
+    _integer_steps(ax, (min(trained), max(trained)))  # the whole stage: where in training each eval fell
     return png(fig)
 
 
