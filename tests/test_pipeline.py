@@ -16,6 +16,7 @@ import yaml
 from reasonloop.config import load_recipe
 from reasonloop.errors import UserError
 from reasonloop.pipeline import run_pipeline
+from report_check import assert_renders, find_browser
 
 pytestmark = pytest.mark.e2e  # whole runs, kills and resumes: outside the inner test loop
 
@@ -76,6 +77,9 @@ def test_pipeline_writes_summary_report_and_outputs(tmp_path, tiny_model_dir):
     assert [step for step, _ in curve] == [2] and 0.0 <= curve[0][1] <= 1.0
     html = (tmp_path / "run" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "http://" not in html and "https://" not in html
+    if find_browser():  # this real run's report as a person sees it (test_report_browser.py says when skipped)
+        seen, _ = assert_renders(find_browser(), tmp_path / "run" / "report.html", tmp_path)
+        assert len(seen["images"]) >= 6  # accuracy, lengths, sft curves; grpo: eval_top1, time per phase, curves
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert saved["stages"][1]["optim"]["lr"] == 1e-2
     # completed stages are not redone

@@ -88,7 +88,8 @@ def _print_table(summary: dict) -> None:
     print(f"\n{'stage':<12}{'kind':<6}{'top-1 [95% CI]':<24}{'vs previous eval [95% CI]':<28}{'won/lost':<10}"
           f"{'p':<9}{'verdict':<17}{'sampled':<9}{'maj@k':<9}{'pass@k':<9}{'tokens':<8}{'time':>8}")
     for s in summary["stages"]:
-        ev = s.get("eval") or {}
+        # one row per measurement: a training stage's entry repeats the next eval's numbers; show them once
+        ev = (s.get("eval") or {}) if s["kind"] == "eval" else {}
         top1 = f"{ev['top1']:.3f} [{ev['top1_ci95'][0]:.3f}, {ev['top1_ci95'][1]:.3f}]" if ev else "-"
         pr = ev.get("paired")
         delta, won, p, word = (delta_text(pr), f"{pr['wins']}/{pr['losses']}", f"{pr['p_value']:.2g}", verdict(pr)) \

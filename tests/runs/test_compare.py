@@ -82,7 +82,7 @@ def test_two_evals_end_to_end_summary_report_and_table(tmp_path, tokenizer, caps
     store.close()
 
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "+0.400 [" in html and "3 / 1" in html and "raises accuracy</b> (or lowers it) when p &lt; 0.05" in html
+    assert "+0.400 [" in html and "3 / 1" in html and "<b>raises</b> accuracy (or <b>lowers</b> it) when p &lt; 0.05" in html
     assert f"Δ {pr3['sampled_delta']:+.3f}" in html  # third's sampled accuracy against second's
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("second"))

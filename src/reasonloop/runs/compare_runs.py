@@ -150,7 +150,7 @@ def outcome(right_a: bool, right_b: bool) -> str:
 def scatter_plot(a: EvalRecord, b: EvalRecord) -> str | None:
     """Per problem: response tokens in A against B, coloured by the paired outcome; beside it, when both
     evals sampled, the per-problem sampled accuracy in A against B. An embedded PNG <img>, or None."""
-    from reasonloop.runs.report import _png, plt
+    from reasonloop.runs.report_plots import plt, png as _png
 
     ids = [p for p in a.correct if p in a.tokens and p in b.tokens]
     sampled = [p for p in a.correct if p in a.pass_rate and p in b.pass_rate]

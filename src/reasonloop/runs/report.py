@@ -2,97 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from pathlib import Path
 
-import matplotlib
+from reasonloop.atomic import write_text_atomic
+from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict
+from reasonloop.runs.report_plots import (accuracy_plot, curve_plots, eval_curve_plot, length_plot, paths_plot,
+                                          time_plot)
+from reasonloop.runs.store import RunStore
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from reasonloop.atomic import write_text_atomic  # noqa: E402
-from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict  # noqa: E402
-from reasonloop.runs.store import RunStore  # noqa: E402
-
-CURVE_KEYS = ("loss", "reward_mean", "accuracy", "eval_top1", "flat_share", "kl", "entropy", "response_tokens", "lr",
-              "tokens_per_s")
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#222}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}img{max-width:100%}.ok{color:#176d2c}.bad{color:#a11}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f3f3f3;white-space:nowrap}img{max-width:100%}.ok{color:#176d2c}.bad{color:#a11}
+td.nowrap{white-space:nowrap}.ci{color:#666;font-size:12px}tr.train td{background:#fafafa;color:#666}td.note{text-align:left}
+.raises,.lowers{font-weight:600;white-space:nowrap}.raises{color:#176d2c}.lowers{color:#a11}
 pre{background:#f7f7f7;padding:8px;white-space:pre-wrap;font-size:12px;border-left:3px solid #ccc}"""
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def accuracy_plot(stages: list[dict]) -> str | None:
-    rows = [s for s in stages if s["kind"] == "eval" and s.get("result") and "top1" in s["result"]]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(rows)), 3.2))
-    tops = [r["result"]["top1"] for r in rows]
-    lo = [t - r["result"]["top1_ci95"][0] for t, r in zip(tops, rows)]
-    hi = [r["result"]["top1_ci95"][1] - t for t, r in zip(tops, rows)]
-    ax.bar(range(len(rows)), tops, yerr=[lo, hi], capsize=5, color="#4c78a8")
-    ax.set_xticks(range(len(rows)), [r["name"] for r in rows])
-    ax.set_ylabel("held-out top-1 (95% CI)")
-    ax.set_ylim(0, max(0.05, max(t + h for t, h in zip(tops, hi)) * 1.15))
-    return _png(fig)
-
-
-def curve_plots(store: RunStore, stage: str) -> list[str]:
-    keys = store.metric_keys(stage)
-    chosen = [k for k in keys if k in CURVE_KEYS or k.startswith("curriculum/")]
-    if not chosen:
-        return []
-    cols = 3
-    nrows = (len(chosen) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(11, 2.6 * nrows), squeeze=False)
-    for ax, key in zip(axes.flat, chosen):
-        pts = store.metrics(stage, key)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-    for ax in list(axes.flat)[len(chosen):]:
-        ax.axis("off")
-    fig.tight_layout()
-    return [_png(fig)]
-
-
-def length_plot(store: RunStore, stages: list[dict]) -> str | None:
-    data = []
-    for s in stages:
-        if s["kind"] != "eval":
-            continue
-        toks = [r["tokens"] for r in store.samples(s["name"]) if r["tokens"] is not None]
-        if toks:
-            data.append((s["name"], toks))
-    if not data:
-        return None
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(data)), 3))
-    ax.boxplot([d[1] for d in data], showfliers=False)
-    ax.set_xticks(range(1, len(data) + 1), [d[0] for d in data])
-    ax.set_ylabel("response tokens")
-    return _png(fig)
-
-
-def paths_plot(store: RunStore) -> str | None:
-    values = list(store.problem_stats("distinct_paths").values())
-    if not values:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 3))
-    top = int(max(values))
-    ax.hist(values, bins=range(0, top + 2), align="left", rwidth=0.85, color="#59a14f")
-    ax.set_xlabel("distinct correct paths per question (RFT)")
-    ax.set_ylabel("questions")
-    return _png(fig)
 
 
 def _samples_html(store: RunStore, stage: str, each: int = 2) -> str:
@@ -106,50 +31,100 @@ def _samples_html(store: RunStore, stage: str, each: int = 2) -> str:
 
 
 LEGEND = (
-    "<p><b>vs previous eval</b>: the change in greedy top-1 against the evaluation before it, paired problem "
-    "by problem on the problems both evaluated, with its 95% interval (Newcombe's method for paired "
-    "proportions). <b>won / lost</b>: problems right now and wrong before, and the reverse. <b>p</b>: exact "
-    "two-sided McNemar test on the won and lost problems. A stage <b>raises accuracy</b> (or lowers it) when "
-    f"p &lt; {SIGNIFICANCE}; otherwise the test cannot tell the change from chance on these problems. "
-    "<b>sampled</b>: mean accuracy of all samples drawn at the sampling temperature T (pass@1), 95% interval "
-    "over problems; it can move while greedy top-1 does not. When the previous eval sampled too, "
-    "&Delta; is the mean paired difference of per-problem sampled accuracy (t-interval over problems).</p>")
+    "<p>One row per measurement: a training stage's row says what it trained and which eval measured the "
+    "model it wrote. <b>gain over previous eval</b>: the change in greedy top-1 against the evaluation before "
+    "it (<b>vs</b>), paired problem by problem on the problems both evaluated, with its 95% interval "
+    "(Newcombe's method for paired proportions). <b>won / lost</b>: problems right now and wrong before, and "
+    "the reverse. <b>p</b>: exact two-sided McNemar test on the won and lost problems. A stage <b>raises</b> "
+    f"accuracy (or <b>lowers</b> it) when p &lt; {SIGNIFICANCE}; otherwise the test cannot tell the change "
+    "from chance on these problems. <b>sampled</b>: mean accuracy of all samples drawn at the sampling "
+    "temperature T (pass@1), 95% interval over problems; it can move while greedy top-1 does not. When the "
+    "previous eval sampled too, &Delta; is the mean paired difference of per-problem sampled accuracy "
+    "(t-interval over problems).</p>")
+HEAD = ("stage", "kind", "top-1<br>[95% CI]", "gain over previous<br>eval [95% CI]", "vs", "won / lost", "p", "verdict",
+        "sampled", "maj@k", "pass@k", "tokens", "seconds")
+TRAINING_FIELDS = (("steps", "{:d} step(s)"), ("examples", "{:d} examples"), ("kept", "{:d} kept"),
+                   ("final_loss", "final loss {:.4g}"), ("final_reward", "final reward {:.3f}"))
+
+
+def _seconds(entry: dict) -> str:
+    return f"{entry['seconds']:.1f}" if entry["seconds"] < 10 else f"{entry['seconds']:.0f}"
+
+
+def _td(text: str, cls: str = "") -> str:
+    """One cell; `text` is already HTML (escaped where it came from the run)."""
+    return f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>"
 
 
 def _paired_cells(ev: dict) -> list[str]:
     pr = ev.get("paired")
     if not pr:
-        return [f"({ev['paired_skipped']})" if ev.get("paired_skipped") else "", "", "", ""]
-    vs = f"{delta_text(pr)} vs {pr['vs']}" + (f", {pr['n']} paired" if pr.get("note") else "")
-    return [vs, f"{pr['wins']} / {pr['losses']}", f"{pr['p_value']:.2g}", verdict(pr)]
+        skipped = html.escape(f"({ev['paired_skipped']})") if ev.get("paired_skipped") else ""
+        return [_td(skipped, "note"), *[_td("")] * 4]
+    vs = html.escape(pr["vs"]) + (f" ({pr['n']} paired)" if pr.get("note") else "")
+    word = verdict(pr)
+    return [_td(delta_text(pr), "nowrap"), _td(vs), _td(f"{pr['wins']} / {pr['losses']}", "nowrap"),
+            _td(f"{pr['p_value']:.2g}"), _td(word, {"raises": "raises", "lowers": "lowers"}.get(word, ""))]
 
 
 def _sampled_cell(ev: dict) -> str:
     if ev.get("sampled_acc") is None:
-        return ""
+        return _td("")
     lo, hi = ev["sampled_acc_ci95"]
-    text = f"{ev['sampled_acc']:.3f} [{lo:.3f}, {hi:.3f}] T={(ev.get('sampling') or {}).get('temperature', '?')}"
+    temperature = (ev.get("sampling") or {}).get("temperature", "?")
+    text = f"{ev['sampled_acc']:.3f} at T={html.escape(str(temperature))}<br>[{lo:.3f}, {hi:.3f}]"
     pr = ev.get("paired") or {}
     if pr.get("sampled_delta") is not None:
         dlo, dhi = pr["sampled_delta_ci95"]
-        text += f", Δ {pr['sampled_delta']:+.3f} [{dlo:+.3f}, {dhi:+.3f}]"
-    return text
+        text += f"<br>Δ {pr['sampled_delta']:+.3f} [{dlo:+.3f}, {dhi:+.3f}]"
+    return _td(text, "nowrap")
+
+
+def _eval_row(s: dict) -> str:
+    ev = s["eval"]
+    rate = lambda key: f"{ev[key]:.3f}" if ev.get(key) is not None else ""  # noqa: E731
+    lo, hi = ev["top1_ci95"]
+    top1 = f'{rate("top1")}<br><span class="ci">[{lo:.3f}, {hi:.3f}]</span>'
+    cells = [_td(html.escape(s["name"])), _td("eval"), _td(top1, "nowrap"),
+             *_paired_cells(ev), _sampled_cell(ev), _td(rate("maj_k")), _td(rate("pass_k")),
+             _td(f"{ev['mean_tokens']:.0f}" if ev.get("mean_tokens") is not None else ""), _td(_seconds(s))]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _training_row(s: dict, measured_by: str | None) -> str:
+    """A stage that trains measures nothing itself: its row says what it did and which eval measured it
+    (summary.json repeats that eval's numbers on it, which in a table reads as a second measurement)."""
+    done = [fmt.format(s[key]) for key, fmt in TRAINING_FIELDS if isinstance(s.get(key), (int, float))]
+    note = ", ".join(done) or s.get("status", "")
+    note += f"; measured by {measured_by} below" if measured_by else "; not evaluated"
+    cells = [_td(html.escape(s["name"])), _td(html.escape(s["kind"])),
+             f'<td class="note" colspan="{len(HEAD) - 3}">{html.escape(note)}</td>', _td(_seconds(s))]
+    return '<tr class="train">' + "".join(cells) + "</tr>"
 
 
 def _table(summary: dict) -> str:
-    head = "<tr><th>stage</th><th>kind</th><th>top-1</th><th>95% CI</th><th>vs previous eval</th>" \
-           "<th>won / lost</th><th>p</th><th>verdict</th><th>sampled</th><th>maj@k</th><th>pass@k</th>" \
-           "<th>tokens</th><th>seconds</th></tr>"
+    entries = summary.get("stages", [])
     rows = []
-    for s in summary.get("stages", []):
-        ev = s.get("eval") or {}
-        ci = ev.get("top1_ci95")
-        rate = lambda key: f"{ev[key]:.3f}" if ev.get(key) is not None else ""  # noqa: E731
-        cells = [s["name"], s["kind"], rate("top1"), f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "",
-                 *(_paired_cells(ev) if ev else [""] * 4), _sampled_cell(ev), rate("maj_k"), rate("pass_k"),
-                 f"{ev['mean_tokens']:.0f}" if ev else "", f"{s['seconds']:.0f}"]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    for i, s in enumerate(entries):
+        if s["kind"] == "eval":
+            rows.append(_eval_row(s) if (s.get("eval") or {}).get("top1_ci95") else _training_row(s, None))
+        else:
+            after = entries[i + 1] if i + 1 < len(entries) else None
+            rows.append(_training_row(s, after["name"] if after and after["kind"] == "eval" else None))
+    head = "<tr>" + "".join(f"<th>{h}</th>" for h in HEAD) + "</tr>"
     return f"<table>{head}{''.join(rows)}</table>{LEGEND}"
+
+
+def _stage_section(store: RunStore, stage: dict) -> str:
+    name = stage["name"]
+    plots = [p for p in (eval_curve_plot(store, name), time_plot(store, name)) if p] + curve_plots(store, name)
+    samples = _samples_html(store, name)
+    if not plots and not samples:
+        return ""
+    section = f"<h2>Stage {html.escape(name)} ({html.escape(stage['kind'])})</h2>" + "".join(plots)
+    if samples:
+        section += f"<details><summary>sample solutions</summary>{samples}</details>"
+    return section
 
 
 def write_report(run_dir: Path) -> Path:
@@ -165,13 +140,7 @@ def write_report(run_dir: Path) -> Path:
                            ("Distinct RFT paths", paths_plot(store))):
             if fig:
                 body.append(f"<h2>{title}</h2>{fig}")
-        for s in stages:
-            plots = curve_plots(store, s["name"])
-            samples = _samples_html(store, s["name"])
-            if plots or samples:
-                body.append(f"<h2>Stage {html.escape(s['name'])} ({s['kind']})</h2>" + "".join(plots))
-                if samples:
-                    body.append(f"<details><summary>sample solutions</summary>{samples}</details>")
+        body.extend(_stage_section(store, s) for s in stages)
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>reasonloop report</title>"
                 f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
         out = run_dir / "report.html"
