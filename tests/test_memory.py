@@ -39,6 +39,14 @@ def test_peak_falls_back_to_getrusage_without_proc(monkeypatch, tmp_path):
     assert memory.peak()["peak_rss_mb"] > 1 and memory.rss_mb() is None
 
 
+def test_peak_text_for_tables():
+    assert memory.peak_text({"peak_rss_mb": 812.4, "peak_rss_kind": "stage"}) == "812"
+    assert memory.peak_text({"peak_rss_mb": 812.4, "peak_rss_kind": "process"}) == "<=812"
+    assert memory.peak_text({"peak_rss_mb": 812.4, "peak_rss_kind": "stage", "peak_allocated_mb": 1430.2}) \
+        == "812 + 1430 GPU"
+    assert memory.peak_text({"seconds": 3.0}) == "-"  # a run folder from before memory was measured
+
+
 def test_release_is_safe_anywhere(monkeypatch):
     memory.release()
     monkeypatch.setattr(sys, "platform", "darwin")
@@ -106,7 +114,7 @@ def _run_checked(monkeypatch, recipe, run_dir) -> tuple[dict[str, list[str]], di
 
 
 @pytest.mark.e2e
-def test_no_stage_model_or_engine_outlives_its_stage(tmp_path, tiny_model_dir, monkeypatch):
+def test_no_stage_model_or_engine_outlives_its_stage(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """Every kind of stage, with what keeps extra objects (a reference model for the KL, periodic evals
     that build engines, RFT's sampler): after each stage nothing that load_model / make_engine built in it
     is alive, and the run's summary holds each stage's peak memory."""
@@ -126,6 +134,12 @@ def test_no_stage_model_or_engine_outlives_its_stage(tmp_path, tiny_model_dir, m
     for stage in summary["stages"]:
         assert stage["peak_rss_mb"] > 50 and stage["rss_after_mb"] > 50, stage
         assert stage["peak_rss_kind"] in ("stage", "process")
+    from reasonloop.cli import _print_table
+
+    _print_table(summary)
+    table = capsys.readouterr().out
+    assert "peak MB" in table and memory.peak_text(summary["stages"][-1]) in table
+    assert "<th>peak MB</th>" in (tmp_path / "run" / "report.html").read_text()
 
 
 @pytest.mark.e2e

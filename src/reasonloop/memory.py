@@ -98,6 +98,17 @@ def _cuda_peak_mb() -> float | None:
     return sys.modules["torch"].cuda.max_memory_allocated() / (1024 * 1024)
 
 
+def peak_text(entry: dict) -> str:
+    """A summary entry's peak memory for a table: `812` (MB resident), `<=812` when only the process's peak
+    was known (an upper bound), `+ 1430 GPU` with a CUDA peak; `-` when not measured (older run folders)."""
+    rss = entry.get("peak_rss_mb")
+    if rss is None:
+        return "-"
+    text = f"{'<=' if entry.get('peak_rss_kind') == 'process' else ''}{rss:.0f}"
+    gpu = entry.get("peak_allocated_mb")
+    return text if gpu is None else f"{text} + {gpu:.0f} GPU"
+
+
 # ------------------------------------------------------------------ returning memory
 def _malloc_trim() -> bool:
     """glibc keeps freed heap for reuse; malloc_trim(0) hands the free pages back to the OS. A no-op

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from reasonloop.atomic import write_text_atomic  # noqa: E402
+from reasonloop.memory import peak_text  # noqa: E402
 from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict  # noqa: E402
 from reasonloop.runs.store import RunStore  # noqa: E402
 
@@ -113,7 +114,9 @@ LEGEND = (
     f"p &lt; {SIGNIFICANCE}; otherwise the test cannot tell the change from chance on these problems. "
     "<b>sampled</b>: mean accuracy of all samples drawn at the sampling temperature T (pass@1), 95% interval "
     "over problems; it can move while greedy top-1 does not. When the previous eval sampled too, "
-    "&Delta; is the mean paired difference of per-problem sampled accuracy (t-interval over problems).</p>")
+    "&Delta; is the mean paired difference of per-problem sampled accuracy (t-interval over problems). "
+    "<b>peak MB</b>: the stage's peak resident memory in MB (&le;: the whole process's peak, where it could "
+    "not be reset per stage; + GPU: peak CUDA memory allocated by torch).</p>")
 
 
 def _paired_cells(ev: dict) -> list[str]:
@@ -139,7 +142,7 @@ def _sampled_cell(ev: dict) -> str:
 def _table(summary: dict) -> str:
     head = "<tr><th>stage</th><th>kind</th><th>top-1</th><th>95% CI</th><th>vs previous eval</th>" \
            "<th>won / lost</th><th>p</th><th>verdict</th><th>sampled</th><th>maj@k</th><th>pass@k</th>" \
-           "<th>tokens</th><th>seconds</th></tr>"
+           "<th>tokens</th><th>seconds</th><th>peak MB</th></tr>"
     rows = []
     for s in summary.get("stages", []):
         ev = s.get("eval") or {}
@@ -147,7 +150,7 @@ def _table(summary: dict) -> str:
         rate = lambda key: f"{ev[key]:.3f}" if ev.get(key) is not None else ""  # noqa: E731
         cells = [s["name"], s["kind"], rate("top1"), f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "",
                  *(_paired_cells(ev) if ev else [""] * 4), _sampled_cell(ev), rate("maj_k"), rate("pass_k"),
-                 f"{ev['mean_tokens']:.0f}" if ev else "", f"{s['seconds']:.0f}"]
+                 f"{ev['mean_tokens']:.0f}" if ev else "", f"{s['seconds']:.0f}", peak_text(s)]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>{LEGEND}"
 
