@@ -5,7 +5,8 @@ samples each at temperature 1.0, at most 128 new tokens, lr 1e-6 (constant), no 
 model), one optimizer step per rollout batch, the same correctness reward. TRL runs on its fastest CPU
 settings: no vLLM, no gradient checkpointing, fp32, one generation per optimizer step (no old-logprob pass).
 After one warm-up step, reports seconds per step and generated (completion) tokens/s end to end, i.e. over
-the whole step: sampling, reward, policy update, weight refresh. Writes bench/results/grpo.json; the last
+the whole step: sampling, reward, policy update, weight refresh; and each side's peak resident memory (each
+side runs in its own process: bench/apart.py). Writes bench/results/grpo.json; the last
 line is ratio=<TRL s/step / ours>.
 
     python bench/grpo.py            # 1 warm-up + 5 measured steps per side
@@ -31,6 +32,8 @@ from reasonloop.stages.rl import RLLoop, train_rl
 from reasonloop.tasks import load_task
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
 from reasonloop.verify.rewards import build_reward
+
+from apart import run_apart  # bench/apart.py: one side per fresh process, with its peak memory
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS, G, MAX_NEW, LR, TEMPERATURE, SEED = 4, 4, 128, 1e-6, 1.0, 0
@@ -152,13 +155,15 @@ def main() -> None:
     measured = args.steps or (1 if args.quick else 5)
     task_cfg = TaskConfig()
     problems = load_task(task_cfg).train[:PROMPTS]
-    rows = {TRL: run_trl(problems, task_cfg, 1 + measured), OURS: run_ours(problems, task_cfg, 1 + measured)}
+    rows = {TRL: run_apart(run_trl, problems, task_cfg, 1 + measured),
+            OURS: run_apart(run_ours, problems, task_cfg, 1 + measured)}
     print(f"\nGRPO on {PROMPTS} GSM8K prompts x G={G}, <= {MAX_NEW} new tokens, lr {LR}, fp32, "
           f"{torch.get_num_threads()} threads; 1 warm-up + {measured} measured steps per side")
-    print(f"{'run':<38}{'s/step':>8}{'cpu s':>8}{'gen s':>8}{'tok/s':>8}{'mean len':>10}{'reward':>8}")
+    print(f"{'run':<38}{'s/step':>8}{'cpu s':>8}{'gen s':>8}{'tok/s':>8}{'mean len':>10}{'reward':>8}{'peak MB':>9}")
     for name, r in rows.items():
         print(f"{name:<38}{r['s_per_step']:>8.1f}{r['cpu_s_per_step']:>8.1f}{r['gen_seconds_per_step']:>8.1f}"
-              f"{r['tokens_per_s']:>8.1f}{r['mean_completion_len']:>10.1f}{r['reward_mean']:>8.2f}")
+              f"{r['tokens_per_s']:>8.1f}{r['mean_completion_len']:>10.1f}{r['reward_mean']:>8.2f}"
+              f"{r.get('peak_rss_mb', float('nan')):>9.0f}")
         if r["threads_busy"] < 0.75 * torch.get_num_threads():  # CPU seconds / wall seconds per step
             print(f"  warning: {name} kept {r['threads_busy']:.1f} of {torch.get_num_threads()} threads busy "
                   f"(1-min load {r['load_avg_1min']:.1f}): other work on this machine slowed it")
@@ -167,7 +172,9 @@ def main() -> None:
     result = dict(model="SmolLM2-135M-Instruct", dtype="float32", prompts=PROMPTS, group_size=G,
                   max_new_tokens=MAX_NEW, lr=LR, temperature=TEMPERATURE, warmup_steps=1, measured_steps=measured,
                   quick=args.quick, threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
-                  runs=rows, ratio=trl / ours, tokens_per_s_ratio=tok_ratio)
+                  runs=rows, ratio=trl / ours, tokens_per_s_ratio=tok_ratio,
+                  memory_ratio=rows[OURS]["peak_rss_mb"] / rows[TRL]["peak_rss_mb"])  # < 1: we use less
+    print(f"peak resident memory, ours / TRL: {result['memory_ratio']:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"ratio={trl / ours:.2f}")

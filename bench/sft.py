@@ -3,7 +3,8 @@
 The default model, the same GSM8K training examples (chat prompt + gold solution, loss on the
 solution only), the same sequence budget (max length 256) and the same number of examples per
 optimizer step. Reports train tokens/s (non-padding tokens) and model FLOPs utilisation against the
-matmul peak measured in the same run. Writes bench/results/sft.json; the last line is ratio=<ours/TRL>.
+matmul peak measured in the same run, and the peak resident memory of each side (each runs in its own
+process: bench/apart.py). Writes bench/results/sft.json; the last line is ratio=<ours/TRL>.
 
     python bench/sft.py            # 256 examples
     python bench/sft.py --quick    # 32 examples, under 5 minutes
@@ -24,6 +25,7 @@ from reasonloop.stages.sft import train_sft
 from reasonloop.stages.sft_data import examples_from_pairs, gold_pairs
 from reasonloop.tasks import load_task
 
+from apart import run_apart  # bench/apart.py: one side per fresh process, with its peak memory
 from generate import matmul_peak  # bench/generate.py: best-of-N square matmul, GFLOP/s
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,22 +74,27 @@ def main() -> None:
     peak32 = matmul_peak(torch.float32, 2048, 5) * 1e9
     peak16 = matmul_peak(torch.bfloat16, 1024, 2) * 1e9
     rows = {}
-    rows["trl fp32 (batch 8)"] = run_trl(pairs, 8, 256, bf16=False, packing=False)
+    rows["trl fp32 (batch 8)"] = run_apart(run_trl, pairs, 8, 256, False, False)
     if not args.quick:
-        rows["trl fp32 packing (batch 8)"] = run_trl(pairs, 8, 256, bf16=False, packing=True)
+        rows["trl fp32 packing (batch 8)"] = run_apart(run_trl, pairs, 8, 256, False, True)
     mean_len = sum(len(e.ids) for e in examples) / len(examples)
-    rows["reasonloop fp32 (8 ex/step, packed)"] = run_ours(examples, int(mean_len * 8) + 1, 1)
+    rows["reasonloop fp32 (8 ex/step, packed)"] = run_apart(run_ours, examples, int(mean_len * 8) + 1, 1)
     print(f"\nSFT on {len(examples)} GSM8K examples, mean {mean_len:.0f} tokens; matmul peak fp32 "
           f"{peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s (this CPU has no AMX/AVX512-BF16)")
-    print(f"{'run':<40}{'seconds':>9}{'tokens/s':>10}{'MFU fp32':>10}")
+    print(f"{'run':<40}{'seconds':>9}{'tokens/s':>10}{'MFU fp32':>10}{'peak MB':>9}")
     for name, r in rows.items():
         r["mfu_fp32"] = 6 * params * r["tokens_per_s"] / peak32
-        print(f"{name:<40}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.1f}{r['mfu_fp32']:>10.1%}")
+        print(f"{name:<40}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.1f}{r['mfu_fp32']:>10.1%}"
+              f"{r.get('peak_rss_mb', float('nan')):>9.0f}")
     trl_best = max(v["tokens_per_s"] for k, v in rows.items() if k.startswith("trl"))
     ours = rows["reasonloop fp32 (8 ex/step, packed)"]["tokens_per_s"]
+    trl_mem = min(v["peak_rss_mb"] for k, v in rows.items() if k.startswith("trl"))
+    memory_ratio = rows["reasonloop fp32 (8 ex/step, packed)"]["peak_rss_mb"] / trl_mem  # < 1: we use less
+    print(f"peak resident memory, ours / TRL's smallest: {memory_ratio:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"examples": len(examples), "peak_fp32": peak32, "peak_bf16": peak16,
-                                          "runs": rows, "ratio": ours / trl_best}, indent=2))
+                                          "runs": rows, "ratio": ours / trl_best, "memory_ratio": memory_ratio},
+                                         indent=2))
     print(f"ratio={ours / trl_best:.2f}")
 
 

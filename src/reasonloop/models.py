@@ -213,7 +213,9 @@ def load_model(path: str, dtype: str = "auto", device: torch.device | str | None
     if lora is not None and not adapter:
         model = add_lora(model, lora)
     model.train(trainable)
-    return model, tok
+    from reasonloop.memory import track
+
+    return track(model, f"model {path}"), tok
 
 
 def add_lora(model, lora):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from reasonloop import dist
+from reasonloop import dist, memory
 from reasonloop.atomic import write_text_atomic
 from reasonloop.config import Recipe
 from reasonloop.errors import UserError
@@ -127,6 +127,7 @@ def _summary_entries(ctx: RunContext) -> list[dict]:
         entry = {"name": row["name"], "kind": row["kind"], "seconds": round(row["seconds"], 1),
                  "status": row["status"]}
         entry.update({k: v for k, v in result.items() if k not in ("eval", "model")})
+        entry.update(ctx.store.stage_memory(row["name"]))
         if row["kind"] == "eval" and "top1" in result:
             entry["eval"] = _eval_brief(result)
         elif i + 1 < len(rows) and rows[i + 1]["kind"] == "eval" and rows[i + 1]["result"]:
@@ -301,12 +302,29 @@ def _run_stage(ctx: RunContext, position: int, cfg, name: str) -> bool:
         ctx.store.truncate_after(name, -1)  # an evaluation killed midway starts over: drop its partial rows
     ctx.store.start_stage(name, cfg.kind, position)
     run = get_stage(cfg.kind).run_fn()  # the stage's module is imported here, so its deps stay optional
+    measured, since = memory.reset_peak(), memory.mark()
     started = time.time()
     try:
         result = run(ctx, cfg, name)
     finally:
         ctx.store.add_stage_seconds(name, time.time() - started)
+        _record_memory(ctx, name, measured)
     ctx.store.finish_stage(name, to_run_relative(result, ctx.run_dir))
+    left = memory.survivors(since)
+    if left:  # the next stage would carry them: a reference the stage should have dropped
+        log.warning("stage %s: still alive after the stage ended: %s", name, ", ".join(left))
     if result.get("model"):
         ctx.outputs[name] = ctx.current_model = result["model"]
     return True
+
+
+def _record_memory(ctx: RunContext, name: str, measured: str) -> None:
+    """The stage's peak memory into the run store, after returning what the stage freed to the OS;
+    `rss_after_mb` is what it leaves the next stage to start from."""
+    peak = memory.peak()
+    memory.release()
+    after = memory.rss_mb()
+    values = {**peak, "peak_rss_kind": measured, **({} if after is None else {"rss_after_mb": round(after, 1)})}
+    ctx.store.record_stage_memory(name, values)
+    log.info("stage %s: peak resident memory %s MB%s", name, peak.get("peak_rss_mb", "?"),
+             f", peak CUDA allocated {peak['peak_allocated_mb']} MB" if "peak_allocated_mb" in peak else "")

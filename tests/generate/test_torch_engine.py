@@ -89,8 +89,23 @@ def test_fixed_seed_is_deterministic_and_seed_matters(model, tokenizer, prompts)
     run = lambda seed: [[s.token_ids for s in g] for g in eng.generate(  # noqa: E731
         prompts[:2], SamplingParams(n=2, temperature=1.0, max_new_tokens=5, seed=seed))]
     first = run(5)
+    assert eng.fast.k_cache is None  # the KV cache lives only during a call, not between calls
     assert run(5) == first
     assert run(6) != first
+
+
+def test_kv_cache_is_sized_to_the_call_and_dropped_after_it(model, tokenizer, prompts):
+    """The cache holds min(max_batch, prompts x n) slots of (longest prompt + max_new_tokens) positions
+    while the call runs, and nothing after it (it would sit through an RL update otherwise)."""
+    eng = engine(model, tokenizer, max_batch=64)
+    seen = []
+    allocate = eng.fast.allocate
+    eng.fast.allocate = lambda slots, max_len: (allocate(slots, max_len), seen.append(eng.fast.k_cache.shape))
+    eng.generate(prompts[:2], SamplingParams(n=3, temperature=1.0, max_new_tokens=5))
+    layers, kv, dim = eng.fast.n_layers, eng.fast.n_kv, eng.fast.head_dim
+    assert seen == [(layers, 6, kv, max(len(p) for p in prompts[:2]) + 5, dim)]
+    assert eng.fast.k_cache is None and eng.fast.v_cache is None
+    assert eng.fast.layers == [] and eng.fast.stale()  # the fused weights are rebuilt at the next call
 
 
 def test_n_samples_share_the_prompt_and_differ(model, tokenizer, prompts):

@@ -11,6 +11,7 @@ import importlib.util
 import torch
 
 from reasonloop.errors import UserError
+from reasonloop.memory import track
 from reasonloop.generate.base import Engine, FinishReason, Sample, SamplingParams
 
 __all__ = ["Engine", "FinishReason", "Sample", "SamplingParams", "make_engine", "vllm_available"]
@@ -38,7 +39,7 @@ def make_engine(model, tokenizer, kind: str = "auto", max_batch: int = 64,
                             "(pip install vllm), or use engine: torch")
         from reasonloop.generate.vllm_engine import VllmEngine
 
-        return VllmEngine(model, tokenizer, max_batch=max_batch, progress=progress)
+        return track(VllmEngine(model, tokenizer, max_batch=max_batch, progress=progress), "vllm engine")
     from reasonloop.generate.torch_engine import TorchEngine
 
-    return TorchEngine(model, tokenizer, max_batch=max_batch, dtype=dtype, progress=progress)
+    return track(TorchEngine(model, tokenizer, max_batch=max_batch, dtype=dtype, progress=progress), "torch engine")

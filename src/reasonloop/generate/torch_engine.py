@@ -75,6 +75,9 @@ class TorchEngine:
                     done = self._generate_fast(prompts, params, finisher, generator, bar)
         finally:
             bar.close()
+            if self.fast is not None:  # between calls the engine holds no KV cache and no weight copies
+                self.fast.release_cache()
+                self.fast.unload()
         out: list[list[Sample]] = [[None] * params.n for _ in prompts]  # type: ignore[list-item]
         for seq in done:
             out[seq.prompt_index][seq.sample_index] = finisher.sample(seq)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from reasonloop.atomic import write_text_atomic
+from reasonloop.memory import peak_text
 from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict
 from reasonloop.runs.report_plots import (accuracy_plot, curve_plots, eval_curve_plot, length_plot, paths_plot,
                                           time_plot)
@@ -40,9 +41,10 @@ LEGEND = (
     "from chance on these problems. <b>sampled</b>: mean accuracy of all samples drawn at the sampling "
     "temperature T (pass@1), 95% interval over problems; it can move while greedy top-1 does not. When the "
     "previous eval sampled too, &Delta; is the mean paired difference of per-problem sampled accuracy "
-    "(t-interval over problems).</p>")
+    "(t-interval over problems). <b>peak MB</b>: the stage's peak resident memory in MB (&le;: the whole "
+    "process's peak, where it could not be reset per stage; + GPU: peak CUDA memory allocated by torch).</p>")
 HEAD = ("stage", "kind", "top-1<br>[95% CI]", "gain over previous<br>eval [95% CI]", "vs", "won / lost", "p", "verdict",
-        "sampled", "maj@k", "pass@k", "tokens", "seconds")
+        "sampled", "maj@k", "pass@k", "tokens", "seconds", "peak MB")
 TRAINING_FIELDS = (("steps", "{:d} step(s)"), ("examples", "{:d} examples"), ("kept", "{:d} kept"),
                    ("final_loss", "final loss {:.4g}"), ("final_reward", "final reward {:.3f}"))
 
@@ -87,7 +89,8 @@ def _eval_row(s: dict) -> str:
     top1 = f'{rate("top1")}<br><span class="ci">[{lo:.3f}, {hi:.3f}]</span>'
     cells = [_td(html.escape(s["name"])), _td("eval"), _td(top1, "nowrap"),
              *_paired_cells(ev), _sampled_cell(ev), _td(rate("maj_k")), _td(rate("pass_k")),
-             _td(f"{ev['mean_tokens']:.0f}" if ev.get("mean_tokens") is not None else ""), _td(_seconds(s))]
+             _td(f"{ev['mean_tokens']:.0f}" if ev.get("mean_tokens") is not None else ""), _td(_seconds(s)),
+             _td(peak_text(s))]
     return "<tr>" + "".join(cells) + "</tr>"
 
 
@@ -98,7 +101,8 @@ def _training_row(s: dict, measured_by: str | None) -> str:
     note = ", ".join(done) or s.get("status", "")
     note += f"; measured by {measured_by} below" if measured_by else "; not evaluated"
     cells = [_td(html.escape(s["name"])), _td(html.escape(s["kind"])),
-             f'<td class="note" colspan="{len(HEAD) - 3}">{html.escape(note)}</td>', _td(_seconds(s))]
+             f'<td class="note" colspan="{len(HEAD) - 4}">{html.escape(note)}</td>', _td(_seconds(s)),
+             _td(peak_text(s))]
     return '<tr class="train">' + "".join(cells) + "</tr>"
 
 

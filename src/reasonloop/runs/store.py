@@ -163,6 +163,20 @@ class RunStore:
         """Time spent is accumulated over resumed attempts, so a resumed stage reports its total."""
         self._tx("UPDATE stages SET seconds = seconds + ? WHERE name = ?", (seconds, name))
 
+    def record_stage_memory(self, name: str, values: dict) -> None:
+        """Memory numbers of one attempt at a stage (memory.peak()); over resumed attempts the largest is kept,
+        since the stage needed that much. Non-numeric values (the kind of measurement) are the latest."""
+        old = self.stage_memory(name)
+        merged = {**old, **values}
+        for key, value in values.items():
+            if key.startswith("peak_") and isinstance(value, (int, float)) and isinstance(old.get(key), (int, float)):
+                merged[key] = max(value, old[key])
+        self.set_meta(f"stage:{name}:memory", merged)
+
+    def stage_memory(self, name: str) -> dict:
+        """`peak_rss_mb`, `rss_after_mb`, `peak_rss_kind` and on CUDA `peak_allocated_mb` of a stage ({} if none)."""
+        return self.get_meta(f"stage:{name}:memory", {})
+
     def finish_stage(self, name: str, result: dict) -> None:
         self._tx("UPDATE stages SET status = 'done', finished = ?, result = ? WHERE name = ?",
                  (time.time(), json.dumps(result), name))
