@@ -95,6 +95,37 @@ def paths_plot(store: RunStore) -> str | None:
     return _png(fig)
 
 
+def verifier_plot(store: RunStore, stages: list[dict]) -> str | None:
+    """Verifier score against correctness: per stage whose samples carry a verifier score (a verifier stage's
+    held-out samples, an eval's reranked ones), the share correct per bin of P(correct), beside the diagonal
+    of a calibrated verifier; the legend gives the AUC."""
+    from reasonloop.metrics import calibration_bins, roc_auc, sigmoid
+
+    fig, ax, drawn = None, None, 0
+    for s in stages:
+        pairs = [(json.loads(r["meta"] or "{}").get("verifier_score"), bool(r["correct"]))
+                 for r in store.samples(s["name"])]
+        pairs = [(x, ok) for x, ok in pairs if x is not None]
+        if not pairs:
+            continue
+        if fig is None:
+            fig, ax = plt.subplots(figsize=(4.6, 3.6))
+            ax.plot([0, 1], [0, 1], ls=":", color="#999")
+        bins = calibration_bins([sigmoid(x) for x, _ in pairs], [ok for _, ok in pairs])
+        auc = roc_auc([x for x, _ in pairs], [ok for _, ok in pairs])
+        label = f"{s['name']} (n={len(pairs)}, AUC {'n/a' if auc is None else f'{auc:.2f}'})"
+        ax.plot([b["mean_prob"] for b in bins], [b["correct"] for b in bins], marker="o", label=label)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("verifier score: P(correct)")
+    ax.set_ylabel("share of samples correct")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def _samples_html(store: RunStore, stage: str, each: int = 2) -> str:
     parts = []
     for correct in (True, False):
@@ -162,7 +193,8 @@ def write_report(run_dir: Path) -> Path:
         body = [f"<h1>reasonloop run: {html.escape(run_dir.name)}</h1>", _table(summary)]
         for title, fig in (("Held-out accuracy per stage", accuracy_plot(stages)),
                            ("Response length", length_plot(store, stages)),
-                           ("Distinct RFT paths", paths_plot(store))):
+                           ("Distinct RFT paths", paths_plot(store)),
+                           ("Verifier score against correctness", verifier_plot(store, stages))):
             if fig:
                 body.append(f"<h2>{title}</h2>{fig}")
         for s in stages:
