@@ -83,19 +83,23 @@ def verifier_ids(tokenizer, prompt: str, response: str, max_length: int | None =
     return ids, len(p)
 
 
-def packed_scores(model, seqs: list[list[int]], n_prompts: list[int], device, token_level: bool = False):
+def packed_scores(model, seqs: list[list[int]], n_prompts: list[int], device, token_level: bool = False,
+                  share_prompts: bool = False):
     """Verifier logits of packed solutions: [S] at each last token, or (token_level) [n] at every response
-    position (a response token's own position: the value after reading it) with [n] solution indices."""
-    batch = pack_sequences(seqs, [len(s) for s in seqs], device=device)
+    position (a response token's own position: the value after reading it) with [n] solution indices.
+    ``share_prompts``: solutions of one question carry its prompt once (`pack_sequences`); same scores."""
+    batch = pack_sequences(seqs, n_prompts if share_prompts else [len(s) for s in seqs], device=device,
+                           share_prompts=share_prompts)
     hidden = packed_hidden(model, batch)  # [N, H]
-    lens = torch.tensor([len(s) for s in seqs], device=device)
-    ends = torch.cumsum(lens, 0)  # [S]: one past each solution's last packed token
+    L = batch.max_len
     if not token_level:
-        return model.score(hidden[ends - 1]).squeeze(-1), None
-    starts = ends - lens
-    first = [int(st) + min(max(n, 0), len(s) - 1) for st, n, s in zip(starts, n_prompts, seqs)]
-    index = torch.cat([torch.arange(f, int(e), device=device) for f, e in zip(first, ends)])  # [n]
-    seq_of = torch.cat([torch.full((int(e) - f,), i, device=device) for i, (f, e) in enumerate(zip(first, ends))])
+        last = batch.src[torch.tensor([i * L + len(s) - 1 for i, s in enumerate(seqs)], device=device)]  # [S]
+        return model.score(hidden[last]).squeeze(-1), None
+    # Response positions of each solution; an empty response is scored at the prompt's last token.
+    slots = [(i, i * L + j) for i, (s, n) in enumerate(zip(seqs, n_prompts))
+             for j in range(min(max(n, 0), len(s) - 1), len(s))]
+    index = batch.src[torch.tensor([slot for _, slot in slots], device=device)]  # [n]
+    seq_of = torch.tensor([i for i, _ in slots], device=device)
     return model.score(hidden[index]).squeeze(-1), seq_of
 
 
@@ -109,6 +113,8 @@ def score_solutions(model, tokenizer, prompts: list[str], responses: list[str], 
     device = next(model.parameters()).device
     out: list[float] = []
     for mb in plan_microbatches([len(ids) for ids, _ in encoded], batch_tokens):
-        logits, _ = packed_scores(model, [encoded[i][0] for i in mb], [encoded[i][1] for i in mb], device)
+        # The k samples of a question sit side by side here: their shared prompt is run through once.
+        logits, _ = packed_scores(model, [encoded[i][0] for i in mb], [encoded[i][1] for i in mb], device,
+                                  share_prompts=True)
         out += logits.float().tolist()
     return out
