@@ -188,3 +188,22 @@ def test_verifier_reward_scores_in_unit_interval_and_names_bad_paths(tiny_model_
         build_reward([f"verifier:{tmp_path / 'missing'}"], where="stages[0].reward")
     with pytest.raises(UserError, match="name the verifier folder"):
         build_reward(["verifier:"])
+
+
+def test_readme_loading_example_gives_reasonloops_scores(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    from reasonloop.metrics import sigmoid
+
+    model, tok = new_verifier(str(tiny_model_dir))
+    with torch.no_grad():
+        model.score.weight.normal_()
+    out = save_hf_folder(model, tok, tmp_path / "verifier")
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("```python\nimport torch\nfrom transformers import AutoModelForSequenceClassification")
+    block = readme[start + len("```python\n"): readme.index("```", start + 10)]
+    scope: dict = {}
+    exec(block.replace('"runs/verifier/stages/verifier/verifier"', repr(str(out))), scope)
+    prompt, responses = scope["prompt"], ["4 * 2 = 8\n3 + 8 = 11\nAnswer: 11", "3 + 4 = 7\n7 * 2 = 14\nAnswer: 14"]
+    expected = [sigmoid(x) for x in score_solutions(model.eval(), tok, [prompt] * 2, responses)]
+    assert scope["p_correct"].tolist() == pytest.approx(expected, abs=1e-5)
