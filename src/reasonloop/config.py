@@ -165,6 +165,22 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _verifiers_are_earlier_verifier_stages(self):
+        """`verifier: <name>` (eval) and `verifier:<name>` (a reward) naming a stage of this recipe must name a
+        verifier stage before it; anything else is a folder, checked when the stage runs."""
+        names = self.stage_names()
+        for i, stage in enumerate(self.stages):
+            refs = [("verifier", getattr(stage, "verifier", None))]
+            refs += [(f"reward[{j}]", r[len("verifier:"):]) for j, r in enumerate(getattr(stage, "reward", None) or [])
+                     if r.startswith("verifier:")]
+            earlier = [n for n, s in zip(names[:i], self.stages[:i]) if s.kind == "verifier"]
+            for where, ref in refs:
+                if ref in names and ref not in earlier:
+                    raise ValueError(f"stages[{i}].{where}: {ref!r} is not a verifier stage before this one "
+                                     f"(earlier verifier stages: {', '.join(earlier) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
     def _ablation_arms_are_evals(self):
         evals = {n for s, n in zip(self.stages, self.stage_names()) if s.kind == "eval"}
         missing = [a for a in self.run.ablation if a not in evals]

@@ -32,12 +32,18 @@ def new_verifier(init_from: str, seed: int = 0):
 
     where = resolve_model_path(init_from)
     tok = load_tokenizer(str(where))
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the head is new by design: no "score.weight MISSING" load report
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(where, num_labels=1, dtype=torch.float32)
         except (OSError, ValueError) as err:
             raise UserError(f"{init_from}: could not build a verifier from it: {str(err).splitlines()[0]}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
     torch.nn.init.zeros_(model.score.weight)
     model.config.pad_token_id = tok.pad_token_id  # transformers finds each row's last real token by it
     return model, tok

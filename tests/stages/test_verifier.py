@@ -162,11 +162,28 @@ def test_pipeline_trains_a_verifier_then_reranks_and_rewards_with_it(digit_dir, 
     store.close()
 
 
-def test_eval_naming_a_stage_that_is_no_verifier_fails_in_one_line(digit_dir, tmp_path):
-    stages = [{"kind": "eval", "name": "e0", "k": 0, "decoding": {"max_new_tokens": 2}},
-              {"kind": "eval", "name": "e1", "k": 2, "verifier": "e0", "decoding": {"max_new_tokens": 2}}]
+@pytest.mark.parametrize("stages, message", [
+    ([{"kind": "eval", "name": "e0", "k": 0}, {"kind": "eval", "k": 2, "verifier": "e0"}],
+     r"stages\[1\].verifier: 'e0' is not a verifier stage before this one \(earlier verifier stages: none\)"),
+    ([{"kind": "rl", "reward": ["correct", "verifier:v"]}, {"kind": "verifier", "name": "v"}],
+     r"stages\[0\].reward\[1\]: 'v' is not a verifier stage before this one"),
+])
+def test_a_verifier_named_by_stage_must_be_an_earlier_verifier_stage(tmp_path, stages, message):
+    import yaml
+
+    from reasonloop.config import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"model": {"path": "m"}, "stages": stages}))
+    with pytest.raises(UserError, match=message):
+        load_recipe(path)
+
+
+def test_eval_naming_a_missing_verifier_folder_fails_in_one_line(digit_dir, tmp_path):
+    stages = [{"kind": "eval", "name": "e1", "k": 2, "verifier": str(tmp_path / "nowhere"),
+               "decoding": {"max_new_tokens": 2}}]
     recipe = Recipe(model={"path": str(digit_dir)}, task=toy_task(tmp_path), stages=stages, run={"engine": "torch"})
-    with pytest.raises(UserError, match="verifier: stage 'e0' has not saved a verifier"):
+    with pytest.raises(UserError, match="nowhere: not a verifier folder"):
         run_pipeline(recipe, tmp_path / "run", progress=False)
 
 
