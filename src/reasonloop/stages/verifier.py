@@ -20,6 +20,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from reasonloop import dist
 from reasonloop.algos.verifier_loss import verifier_loss
 from reasonloop.atomic import write_text_atomic
 from reasonloop.checkpoint import resume_training
@@ -71,8 +72,9 @@ def sample_rows(ctx, cfg, name: str) -> list[dict]:
     judged = sample_and_judge(engine, tok, problems, ctx.recipe.task, sampling_params(cfg.decoding, cfg.k, cfg.seed),
                               ctx.progress, prompts)
     rows = labelled_rows(judged, prompts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows), what="verifier samples")
+    if dist.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows), what="verifier samples")
     return rows
 
 
@@ -171,12 +173,15 @@ def run(ctx, cfg, name: str) -> dict:
     logits = score_solutions(model, tok, [r["prompt"] for r in test_rows], [r["response"] for r in test_rows],
                              cfg.batch_tokens, cfg.max_length)
     quality = verifier_quality(logits, [bool(r["correct"]) for r in test_rows])
-    # Logged after the last step (step + 1): a resume from the last checkpoint drops them and logs them anew.
-    ctx.store.add_samples(name, result["steps"] + 1, [
-        {"problem_id": r["problem_id"], "prompt": r["prompt"], "completion": r["response"], "answer": r["answer"],
-         "reward": sigmoid(x), "correct": r["correct"], "meta": {"verifier_score": x, "split": "heldout"}}
-        for r, x in zip(test_rows, logits)])
-    out = save_hf_folder(model, tok, ctx.stage_dir(name) / "verifier")
+    out = ctx.stage_dir(name) / "verifier"
+    if dist.is_main():  # under torchrun every rank trains the same verifier (no data parallelism yet); one saves
+        # Logged after the last step (step + 1): a resume from the last checkpoint drops them and logs them anew.
+        ctx.store.add_samples(name, result["steps"] + 1, [
+            {"problem_id": r["problem_id"], "prompt": r["prompt"], "completion": r["response"], "answer": r["answer"],
+             "reward": sigmoid(x), "correct": r["correct"], "meta": {"verifier_score": x, "split": "heldout"}}
+            for r, x in zip(test_rows, logits)])
+        save_hf_folder(model, tok, out)
+    dist.barrier()
     log.info("%s: %d samples (%.1f%% right); held out %d questions: accuracy %s, AUC %s", name, len(rows),
              100 * sum(r["correct"] for r in rows) / max(1, len(rows)), len(held_out), quality.get("accuracy"),
              quality.get("auc"))
