@@ -17,7 +17,7 @@ from reasonloop.tasks import task_sources
 from reasonloop.tasks.template import check_fields
 from reasonloop.tasks.gym import GymConfig  # noqa: F401  (the task.gym section lives with its source)
 from reasonloop.stage_config import (CurriculumConfig, Decoding, EvalStage, OptimConfig, RftStage, RlStage,  # noqa: F401
-                                     SftStage, StageBase, Strict)
+                                     SftStage, StageBase, Strict, VerifierStage)
 
 Stage = stage_registry.stage_union()  # the registered stage kinds; rebuilt when one is registered
 
@@ -162,6 +162,22 @@ class Recipe(Strict):
             if target is not None and target not in earlier:
                 raise ValueError(f"stages[{i}].compare_to: {target!r} is not an eval stage before this one "
                                  f"(earlier evals: {', '.join(earlier) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
+    def _verifiers_are_earlier_verifier_stages(self):
+        """`verifier: <name>` (eval) and `verifier:<name>` (a reward) naming a stage of this recipe must name a
+        verifier stage before it; anything else is a folder, checked when the stage runs."""
+        names = self.stage_names()
+        for i, stage in enumerate(self.stages):
+            refs = [("verifier", getattr(stage, "verifier", None))]
+            refs += [(f"reward[{j}]", r[len("verifier:"):]) for j, r in enumerate(getattr(stage, "reward", None) or [])
+                     if r.startswith("verifier:")]
+            earlier = [n for n, s in zip(names[:i], self.stages[:i]) if s.kind == "verifier"]
+            for where, ref in refs:
+                if ref in names and ref not in earlier:
+                    raise ValueError(f"stages[{i}].{where}: {ref!r} is not a verifier stage before this one "
+                                     f"(earlier verifier stages: {', '.join(earlier) or 'none'})")
         return self
 
     @model_validator(mode="after")

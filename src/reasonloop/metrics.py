@@ -119,3 +119,77 @@ def paired_comparison(before: Mapping[str, bool], after: Mapping[str, bool]) -> 
     return {"n": len(common), "delta": (wins - losses) / len(common),
             "delta_ci95": list(paired_delta_interval(wins, losses, both_right, both_wrong)),
             "p_value": mcnemar_exact_p(wins, losses), "wins": wins, "losses": losses}
+
+
+# --------------------------------------------------------------------------- verifier selection
+# Cobbe et al. 2021 ("Training Verifiers to Solve Math Word Problems") rerank k samples by a trained
+# verifier's score; weighted voting (Li et al. 2023, "Making Large Language Models Better Reasoners with
+# Step-Aware Verifier"; ReFT 2024 reports both) sums the verifier's scores per answer instead of counting.
+
+
+def _check_scores(scores: Sequence[float], n: int, what: str) -> None:
+    if len(scores) != n:
+        raise ValueError(f"{what}: {len(scores)} scores for {n} samples")
+    if not all(math.isfinite(s) for s in scores):
+        raise ValueError(f"{what}: scores must be finite, got {list(scores)}")
+
+
+def rerank_pick(scores: Sequence[float]) -> int:
+    """Index of the sample the verifier scores highest; a tie goes to the earliest sample (deterministic)."""
+    if not scores:
+        raise ValueError("rerank: no samples to choose from")
+    _check_scores(scores, len(scores), "rerank")
+    best = max(scores)
+    return next(i for i, s in enumerate(scores) if s == best)
+
+
+def weighted_vote(answers: Sequence[Hashable | None], weights: Sequence[float]) -> Hashable | None:
+    """The answer whose samples' weights sum highest (no answer casts no vote); ties go to the answer seen
+    first, as in `majority_vote`. Weights are verifier probabilities (>= 0): with all weights equal this is
+    the plain majority vote. None when no sample has an answer."""
+    _check_scores(weights, len(answers), "weighted vote")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"weighted vote: weights must be >= 0 (probabilities, not logits), got {list(weights)}")
+    totals: dict[Hashable, float] = {}
+    for answer, weight in zip(answers, weights):
+        if answer is not None:
+            totals[answer] = totals.get(answer, 0.0) + weight
+    if not totals:
+        return None
+    best = max(totals.values())
+    return next(a for a in totals if totals[a] == best)  # dicts keep first-seen order
+
+
+def sigmoid(x: float) -> float:
+    """P(correct) from a verifier logit, without overflow for large |x|."""
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: the probability that a random correct sample scores above a random wrong
+    one, ties counting one half (Mann-Whitney U / (n_pos n_neg)). None when one class is absent."""
+    _check_scores(scores, len(labels), "AUC")
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    ranked = sorted(scores)
+    # Mid-rank of each distinct score (1-based), so ties share the average rank.
+    first: dict[float, int] = {}
+    count = Counter(ranked)
+    for i, s in enumerate(ranked):
+        first.setdefault(s, i + 1)
+    rank_sum = sum(first[s] + (count[s] - 1) / 2 for s in pos)
+    u = rank_sum - len(pos) * (len(pos) + 1) / 2
+    return u / (len(pos) * len(neg))
+
+
+def calibration_bins(probs: Sequence[float], labels: Sequence[bool], bins: int = 10) -> list[dict]:
+    """Reliability table: per equal-width probability bin that holds samples, its mean predicted
+    probability, the share that was correct, and the count (bin i holds [i/bins, (i+1)/bins), 1.0 in the last)."""
+    _check_scores(probs, len(labels), "calibration")
+    groups: dict[int, list[tuple[float, bool]]] = {}
+    for p, y in zip(probs, labels):
+        groups.setdefault(min(bins - 1, max(0, int(p * bins))), []).append((p, bool(y)))
+    return [{"bin": b, "mean_prob": sum(p for p, _ in g) / len(g), "correct": sum(y for _, y in g) / len(g),
+             "count": len(g)} for b, g in sorted(groups.items())]

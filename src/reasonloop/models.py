@@ -173,7 +173,13 @@ def backbone_and_head(model):
     `model(...)` on a wrapper module that returns hidden states instead (see reasonloop.dist).
     """
     base = unwrap(model)
-    return getattr(base, base.base_model_prefix), base.get_output_embeddings().weight
+    return backbone(base), base.get_output_embeddings().weight
+
+
+def backbone(model):
+    """The decoder under a model's head: an LM head, or a verifier's score head (peft/DDP wrappers allowed)."""
+    base = unwrap(model)
+    return getattr(base, base.base_model_prefix)
 
 
 def load_tokenizer(path: str):

@@ -141,7 +141,8 @@ def _eval_brief(result: dict) -> dict:
     for a greedy-only evaluation), so readers of summary.json need no key checks."""
     always = ("top1", "top1_ci95", "n", "maj_k", "mean_tokens")
     optional = ("maj_k_ci95", "pass_k", "pass_k_ci95", "k", "seeds", "sampled_acc", "sampled_acc_ci95", "sampling",
-                "paired", "paired_skipped")
+                "paired", "paired_skipped", "rerank_k", "rerank_k_ci95", "weighted_maj_k", "weighted_maj_k_ci95",
+                "verifier_paired")
     return {**{k: result.get(k) for k in always}, **{k: result[k] for k in optional if k in result}}
 
 

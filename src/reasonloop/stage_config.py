@@ -103,10 +103,17 @@ class EvalStage(StageBase):
     """The earlier eval stage this one is paired against (null: the eval just before it). Arms of an
     ablation that start from the same model name the eval of that model."""
 
+    verifier: str | None = None
+    """A trained verifier (a verifier stage's name, or the `verifier` folder one saved) that scores the k
+    samples maj@k votes over: adds rerank@k (the sample it scores highest) and weighted maj@k (votes
+    weighted by its P(correct)), each paired with top-1 and maj@k. No extra sampling."""
+
     @model_validator(mode="after")
     def _enough_samples_for_k(self):
         if self.k and self.n is not None and self.n < self.k:
             raise ValueError(f"n: pass@{self.k} needs at least k samples per problem; got n={self.n}")
+        if self.verifier is not None and not self.k:
+            raise ValueError("verifier: reranking needs sampled solutions; set k >= 1")
         return self
 
 
@@ -328,3 +335,49 @@ class RlStage(StageBase):
     def kl_in_or_default(self) -> str:
         return self.kl_in or self.estimator().kl
 
+
+
+class VerifierStage(StageBase):
+    """Sample k solutions per training question, label them with the task's judge, train a scalar-head
+    verifier on them (Cobbe et al. 2021; ReFT's reranker) and save it as a sequence-classification folder."""
+
+    kind: Literal["verifier"]
+    """Stage type."""
+    init_from: str | None = None
+    """Model the verifier's backbone starts from: a stage name, `base`, a path or `default`. Null: the output
+    of the last sft stage before this one (ReFT and Cobbe et al. start from the SFT model), else the
+    current model."""
+    sample_from: str | None = None
+    """Model whose solutions are sampled and labelled: a stage name, `base`, a path or `default` (null: the
+    current model, the previous stage's output)."""
+    k: int = Field(8, ge=1)
+    """Samples per training question."""
+    decoding: Decoding = Decoding()
+    """Sampling settings for this stage."""
+    objective: Literal["outcome", "token"] = "outcome"
+    """`outcome`: one prediction per solution at its last token; `token`: one after every response token
+    (Cobbe et al.'s token-level value), all trained towards the solution's label."""
+    holdout: float = Field(0.2, ge=0, lt=1)
+    """Share of the questions (all their samples) kept out of training to measure the verifier on."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the labelled samples."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_tokens: int = Field(4096, ge=1)
+    """Tokens per micro-batch (packed solutions)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step."""
+    max_length: int = Field(512, ge=2)
+    """Longer solutions lose the start of their prompt (never the answer at the end)."""
+    optim: OptimConfig = OptimConfig(lr=1e-5)
+    """Optimizer and learning-rate schedule."""
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N training questions."""
+    skip: int = Field(0, ge=0)
+    """Leave out the first N training questions; `limit` counts after them."""
+    batch_size: int = Field(64, ge=1)
+    """Sequences decoded at once."""
+    save_every: int = Field(50, ge=1)
+    """Checkpoint every N optimizer steps."""
+    seed: int = 0
+    """Seed of this stage's sampling, head initialisation and data order."""

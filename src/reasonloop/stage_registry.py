@@ -18,7 +18,7 @@ from typing import Annotated, Callable, Union
 
 from pydantic import Field
 
-from reasonloop.stage_config import EvalStage, RftStage, RlStage, SftStage, StageBase
+from reasonloop.stage_config import EvalStage, RftStage, RlStage, SftStage, StageBase, VerifierStage
 
 RunFn = Callable[..., dict]  # run(ctx: pipeline.RunContext, cfg: <config model>, name: str) -> dict
 
@@ -100,3 +100,5 @@ register_stage(RftStage, "reasonloop.stages.rft", help="rejection-sampling fine-
                curriculum_signals=("rewards",))
 register_stage(RlStage, "reasonloop.stages.rl", help="reinforcement learning (GRPO, RLOO, PPO)",
                curriculum_signals=("rewards", "advantages"))
+register_stage(VerifierStage, "reasonloop.stages.verifier",
+               help="train a verifier on sampled, judged solutions (for rerank@k and weighted voting)")

@@ -10,7 +10,7 @@ from reasonloop.atomic import write_text_atomic
 from reasonloop.memory import peak_text
 from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict
 from reasonloop.runs.report_plots import (accuracy_plot, curve_plots, eval_curve_plot, length_plot, paths_plot,
-                                          time_plot)
+                                          time_plot, verifier_plot)
 from reasonloop.runs.store import RunStore
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:24px auto;color:#222}
@@ -141,7 +141,8 @@ def write_report(run_dir: Path) -> Path:
         body = [f"<h1>reasonloop run: {html.escape(run_dir.name)}</h1>", _table(summary)]
         for title, fig in (("Held-out accuracy per stage", accuracy_plot(stages)),
                            ("Response length", length_plot(store, stages)),
-                           ("Distinct RFT paths", paths_plot(store))):
+                           ("Distinct RFT paths", paths_plot(store)),
+                           ("Verifier score against correctness", verifier_plot(store, stages))):
             if fig:
                 body.append(f"<h2>{title}</h2>{fig}")
         body.extend(_stage_section(store, s) for s in stages)

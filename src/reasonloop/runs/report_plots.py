@@ -8,6 +8,7 @@ of height 0 is otherwise invisible).
 from __future__ import annotations
 
 import base64
+import json
 import io
 
 import matplotlib
@@ -175,4 +176,35 @@ def paths_plot(store: RunStore) -> str | None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("distinct correct paths per question (RFT)")
     ax.set_ylabel("questions")
+    return png(fig)
+
+
+def verifier_plot(store: RunStore, stages: list[dict]) -> str | None:
+    """Verifier score against correctness: per stage whose samples carry a verifier score (a verifier stage's
+    held-out samples, an eval's reranked ones), the share correct per bin of P(correct), beside the diagonal
+    of a calibrated verifier; the legend gives the AUC."""
+    from reasonloop.metrics import calibration_bins, roc_auc, sigmoid
+
+    fig, ax, drawn = None, None, 0
+    for s in stages:
+        pairs = [(json.loads(r["meta"] or "{}").get("verifier_score"), bool(r["correct"]))
+                 for r in store.samples(s["name"])]
+        pairs = [(x, ok) for x, ok in pairs if x is not None]
+        if not pairs:
+            continue
+        if fig is None:
+            fig, ax = plt.subplots(figsize=(4.6, 3.6))
+            ax.plot([0, 1], [0, 1], ls=":", color="#999")
+        bins = calibration_bins([sigmoid(x) for x, _ in pairs], [ok for _, ok in pairs])
+        auc = roc_auc([x for x, _ in pairs], [ok for _, ok in pairs])
+        label = f"{s['name']} (n={len(pairs)}, AUC {'n/a' if auc is None else f'{auc:.2f}'})"
+        ax.plot([b["mean_prob"] for b in bins], [b["correct"] for b in bins], marker="o", label=label)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("verifier score: P(correct)")
+    ax.set_ylabel("share of samples correct")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
     return png(fig)

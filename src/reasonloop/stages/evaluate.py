@@ -27,19 +27,24 @@ def majority_is_correct(answers: list[str | None], correct: list[bool]) -> bool:
     return winner is not None and any(ok and canonical_answer(a) == winner for a, ok in zip(answers, correct))
 
 
-def _store_rows(judged: list[Judged], prompts: list[str], tag: str) -> list[dict]:
+def _store_rows(judged: list[Judged], prompts: list[str], tag: str, scores: list[list[float]] | None = None
+                ) -> list[dict]:
     rows = []
-    for j, prompt in zip(judged, prompts):
-        for text, ans, ok, n_tok in zip(j.texts, j.answers, j.correct, j.tokens):
+    for i, (j, prompt) in enumerate(zip(judged, prompts)):
+        for m, (text, ans, ok, n_tok) in enumerate(zip(j.texts, j.answers, j.correct, j.tokens)):
+            meta = {"decoding": tag}
+            if scores is not None and m < len(scores[i]):
+                meta["verifier_score"] = scores[i][m]  # the report plots it against correctness
             rows.append({"problem_id": j.problem.id, "prompt": prompt, "completion": text, "answer": ans,
                          "gold": j.problem.answer, "reward": float(ok), "correct": ok, "tokens": n_tok,
-                         "meta": {"decoding": tag}})
+                         "meta": meta})
     return rows
 
 
 def evaluate(model, tokenizer, problems: list[Problem], task_cfg, cfg, store=None, stage: str = "eval",
-             engine=None, progress: bool = True, step: int = 0) -> dict:
-    """Evaluate `model` on `problems` with an EvalStage config; return the summary dict."""
+             engine=None, progress: bool = True, step: int = 0, scorer=None) -> dict:
+    """Evaluate `model` on `problems` with an EvalStage config; return the summary dict. `scorer`
+    (prompts, responses) -> verifier logits adds rerank@k and weighted maj@k (stages/verifier_eval.py)."""
     problems = problems[: cfg.limit] if cfg.limit else problems
     if not problems:
         from reasonloop.errors import UserError
@@ -58,26 +63,37 @@ def evaluate(model, tokenizer, problems: list[Problem], task_cfg, cfg, store=Non
         store.add_samples(stage, step, _store_rows(judged, prompts, "greedy"))
         store.set_problem_stats(stage, "greedy_correct", {j.problem.id: float(j.correct[0]) for j in judged})
     if cfg.k:
+        top1 = {j.problem.id: j.correct[0] for j in judged}
         result.update(_sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store, stage,
-                                       progress, step))
+                                       progress, step, scorer, top1))
     return result
 
 
 def _sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store, stage, progress,
-                     step) -> dict:
+                     step, scorer=None, top1=None) -> dict:
+    from reasonloop.stages.verifier_eval import score_seed, verifier_summary
+
     n, k, dec = cfg.n or cfg.k, cfg.k, cfg.decoding
     maj, pas, pass_rates = [], [], {p.id: [] for p in problems}
+    maj_first, reranked, weighted = {}, [], []  # per-problem outcomes for the verifier's paired comparisons
     for seed in range(cfg.seeds):
         params = sampling_params(dec, n, seed)
         judged = sample_and_judge(engine, tokenizer, problems, task_cfg, params, progress, prompts)
-        maj_hits = 0
+        maj_hits, scores = 0, None
         for j in judged:
-            maj_hits += majority_is_correct(j.answers[:k], j.correct[:k])
+            maj_ok = majority_is_correct(j.answers[:k], j.correct[:k])
+            maj_hits += maj_ok
+            if seed == 0:
+                maj_first[j.problem.id] = maj_ok
             pass_rates[j.problem.id].append(sum(j.correct) / n)
+        if scorer is not None:  # the same k samples maj@k voted over
+            rerank_ok, weighted_ok, scores = score_seed(scorer, judged, prompts, k)
+            reranked.append(rerank_ok)
+            weighted.append(weighted_ok)
         maj.append(maj_hits / len(judged))
         pas.append(sum(pass_at_k(n, sum(j.correct), k) for j in judged) / len(judged))
         if store is not None:
-            store.add_samples(stage, step, _store_rows(judged, prompts, f"seed{seed}"))
+            store.add_samples(stage, step, _store_rows(judged, prompts, f"seed{seed}", scores))
     rates = {pid: sum(v) / len(v) for pid, v in pass_rates.items()}  # share of all n x seeds samples right
     if store is not None:
         store.set_problem_stats(stage, "pass_rate", rates)
@@ -86,7 +102,8 @@ def _sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store,
     # Sampled accuracy (pass@1 at the sampling temperature): the interval is over problems, the unit that
     # varies most; samples of one problem are not independent draws.
     sampled_mean, sampled_ci = mean_interval(list(rates.values()), bounds=(0.0, 1.0))
-    return {"k": k, "samples_per_problem": n, "seeds": cfg.seeds,
+    verified = verifier_summary(reranked, weighted, maj_first, top1) if scorer is not None else {}
+    return {**verified, "k": k, "samples_per_problem": n, "seeds": cfg.seeds,
             "sampled_acc": sampled_mean, "sampled_acc_ci95": list(sampled_ci),
             "maj_k": maj_mean, "maj_k_ci95": list(maj_ci), "maj_k_per_seed": maj,
             "pass_k": pass_mean, "pass_k_ci95": list(pass_ci), "pass_k_per_seed": pas,
@@ -102,9 +119,14 @@ def run(ctx, cfg, name: str) -> dict:
     model, tokenizer = load_model(model_ref, dtype=ctx.recipe.model.dtype)
     engine = make_engine(model, tokenizer, kind=ctx.recipe.run.engine, max_batch=cfg.batch_size,
                          dtype=ctx.recipe.model.dtype, progress=ctx.progress)
+    scorer, verifier_path = _verifier_scorer(ctx, cfg)
     result = evaluate(model, tokenizer, ctx.task.test, ctx.recipe.task, cfg, ctx.store, name, engine,
-                      ctx.progress)
+                      ctx.progress, scorer=scorer)
     result["evaluated_model"] = str(model_ref)
+    if verifier_path is not None:
+        result["verifier"] = str(verifier_path)
+        log.info("%s: rerank@%d %.3f, weighted maj@%d %.3f (maj@%d %.3f)", name, cfg.k, result["rerank_k"], cfg.k,
+                 result["weighted_maj_k"], cfg.k, result["maj_k"])
     log.info("%s: top-1 %.3f [%.3f, %.3f] on %d problems", name, result["top1"], *result["top1_ci95"],
              result["n"])
     result.update(paired_with_previous(ctx.store, ctx.recipe, name))
@@ -113,6 +135,18 @@ def run(ctx, cfg, name: str) -> dict:
         log.info("%s vs %s: top-1 %+.3f [%.3f, %.3f] on %d problems, %d won, %d lost, McNemar p = %.3g", name,
                  pr["vs"], pr["delta"], *pr["delta_ci95"], pr["n"], pr["wins"], pr["losses"], pr["p_value"])
     return result
+
+
+def _verifier_scorer(ctx, cfg):
+    """(prompts, responses) -> verifier logits for the stage's `verifier`, and its folder; (None, None) without."""
+    if cfg.verifier is None:
+        return None, None
+    from reasonloop.stages.verifier_eval import resolve_verifier
+    from reasonloop.verifier_model import load_verifier, score_solutions
+
+    path = resolve_verifier(ctx, cfg.verifier)
+    verifier, vtok = load_verifier(path, dtype=ctx.recipe.model.dtype)
+    return (lambda prompts, responses: score_solutions(verifier, vtok, prompts, responses)), path
 
 
 def periodic_eval(ctx, model, tokenizer, cfg, engine=None):

@@ -392,7 +392,10 @@ def run(ctx, cfg, name: str) -> dict:
         has_levels = bool(task_cfg.gym and task_cfg.gym.levels)
         curriculum = make_curriculum(cfg.curriculum, diffs, cfg.steps, stage_kind="rl", has_levels=has_levels,
                                      where=f"stages[{index}].curriculum")
-    reward_fn = build_reward(cfg.reward, cfg.reward_weights, task_cfg, where=f"stages[{index}].reward")
+    from reasonloop.stages.verifier_eval import resolve_verifier_reward
+
+    rewards = [resolve_verifier_reward(ctx, n) for n in cfg.reward]  # `verifier:<stage>` -> its folder
+    reward_fn = build_reward(rewards, cfg.reward_weights, task_cfg, where=f"stages[{index}].reward")
     engine = make_engine(policy, tok, kind=recipe.run.engine, max_batch=cfg.prompts_per_step * cfg.group_size,
                          dtype=recipe.model.dtype, progress=False)
     loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn,

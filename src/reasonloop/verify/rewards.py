@@ -20,6 +20,9 @@ its signature (`calling_convention`):
   none named ``problems`` is called with keywords only: ``completions``, ``prompts`` (the questions) and one
   list per dataset column (`trl_columns`), e.g. ``answer`` or a JSONL file's own ``Answer``.
 
+``verifier:<folder>`` scores each completion with a trained verifier (`reasonloop.verify.verifier_reward`):
+the reward is its P(correct); in an RL stage ``verifier:<stage>`` names a verifier stage that ran before.
+
 Several rewards are summed with weights.
 """
 
@@ -227,6 +230,18 @@ def build_reward(names: list[str], weights: list[float] | None = None, task=None
     if "format" in names and task is not None and task.answer_format == "program":
         raise UserError(f"{where}: the `format` reward checks a written answer line; with "
                         "task.answer_format: program use `partial` (a program that ran and printed)")
-    fns = [VerdictReward(BUILTIN_REWARDS[n], task) if n in BUILTIN_REWARDS else load_reward(n, where)
-           for n in names]
+    fns = [VerdictReward(BUILTIN_REWARDS[n], task) if n in BUILTIN_REWARDS else
+           _verifier_reward(n, task, where) if n.startswith("verifier:") else load_reward(n, where) for n in names]
     return CombinedReward(list(names), fns, [float(w) for w in weights], task)
+
+
+def _verifier_reward(name: str, task, where: str) -> RewardFn:
+    from reasonloop.verify.verifier_reward import PREFIX, VerifierReward
+
+    path = name[len(PREFIX):]
+    if not path:
+        raise UserError(f"{where}: {name!r}: name the verifier folder, e.g. verifier:runs/v/stages/verifier/verifier")
+    try:
+        return VerifierReward(path, task)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
