@@ -185,3 +185,15 @@ def test_init_from_names_a_stage_output_base_or_a_path(tmp_path):
     assert ctx.resolve_model("/elsewhere") == "/elsewhere"
     with pytest.raises(UserError, match="init_from: stage 'grpo' has not produced a model"):
         ctx.resolve_model("grpo")
+
+
+def test_fingerprints_ignore_settings_left_at_their_defaults():
+    # A newer reasonloop adds settings with defaults: a run folder it did not start must still resume.
+    from reasonloop.config import load_recipe
+    from reasonloop.pipeline import stage_fingerprints
+
+    plain = stage_fingerprints(load_recipe(None))
+    spelled_out = stage_fingerprints(load_recipe(None, ["stages.5.micro_batch_tokens=2048", "stages.0.compare_to=null"]))
+    changed = stage_fingerprints(load_recipe(None, ["stages.5.micro_batch_tokens=1024"]))
+    assert spelled_out == plain
+    assert [changed[n] == plain[n] for n in plain] == [True] * 5 + [False] * 2  # grpo and the eval after it

@@ -73,9 +73,11 @@ def fingerprint(data: object) -> str:
 
 
 def stage_fingerprints(recipe: Recipe) -> dict[str, str]:
-    """A stage's result depends on the model, the task and every stage up to it."""
-    base = recipe.model_dump(include={"model", "task"})
-    stages = recipe.model_dump()["stages"]
+    """A stage's result depends on the model, the task and every stage up to it. Settings left at their
+    defaults are not part of it, so a reasonloop that adds a setting can still resume a run folder that an
+    older one started (the recipe as it reads is the same)."""
+    base = recipe.model_dump(include={"model", "task"}, exclude_defaults=True)
+    stages = [s.model_dump(exclude_defaults=True) | {"kind": s.kind} for s in recipe.stages]
     return {name: fingerprint([base, stages[: i + 1]]) for i, name in enumerate(recipe.stage_names())}
 
 
