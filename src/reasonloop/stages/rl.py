@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -310,8 +311,11 @@ class RLLoop:
 
     def _skip_update(self, metrics: dict) -> None:
         """No optimizer step: with all-zero gradients Adam would still move every weight by its momentum
-        (about lr per weight for several steps), a drift in the direction of stale, noisy gradients."""
-        self.sched.step()
+        (about lr per weight for several steps), a drift in the direction of stale, noisy gradients.
+        The schedule still advances (it counts RL steps); torch warns about that order, on purpose here."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.sched.step()
         metrics["skipped_update"] = 1.0
 
     def _update_curriculum(self, rollout: Rollout | None) -> None:
