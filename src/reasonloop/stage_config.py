@@ -137,8 +137,9 @@ class OptimConfig(Strict):
 class SftStage(StageBase):
     kind: Literal["sft"]
     """Stage type."""
-    objective: Literal["nll", "dft", "asft", "profit", "prob"] = "nll"
-    """Per-token loss (METHODS.md §1)."""
+    objective: str = "nll"
+    """Per-token loss (METHODS.md §1), by its name in `reasonloop.algos.sft_loss.SFT_LOSSES`: `nll`, `dft`,
+    `asft`, `profit`, `prob`."""
     aggregate: Literal["token_mean", "seq_mean"] = "token_mean"
     """Loss reduction over tokens (see algos.aggregate)."""
     asft_beta: float = 0.05
@@ -177,6 +178,15 @@ class SftStage(StageBase):
     """Held-out problems for periodic evaluation."""
     seed: int = 0
     """Seed of this stage's sampling and data order."""
+
+    @field_validator("objective")
+    @classmethod
+    def _registered_objective(cls, value):
+        from reasonloop.algos.sft_loss import SFT_LOSSES
+
+        if value not in SFT_LOSSES:
+            raise ValueError(f"expected one of {', '.join(SFT_LOSSES)}, got {value!r}")
+        return value
 
 
 class RftStage(StageBase):

@@ -86,3 +86,23 @@ def test_bad_input_messages():
         sft_loss("asft", LOGP, MASK, kl=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="unknown objective 'ce'; expected one of nll, dft, asft, profit, prob"):
         sft_loss("ce", LOGP, MASK)
+
+
+def test_a_new_objective_is_one_registered_function(monkeypatch):
+    # An SFT objective is a function in SFT_LOSSES (plus its test): recipes accept it by name.
+    import importlib
+
+    module = importlib.import_module("reasonloop.algos.sft_loss")
+    from reasonloop.config import load_recipe
+    from reasonloop.errors import UserError
+
+    def double_nll(logp, mask, **_):
+        return -2 * logp, mask
+
+    monkeypatch.setitem(module.SFT_LOSSES, "double_nll", double_nll)
+    logp, mask = torch.tensor([[-1.0, -3.0]]), torch.tensor([[1, 1]])
+    assert module.sft_loss("double_nll", logp, mask)[0].item() == pytest.approx(4.0)  # mean of 2 and 6
+    assert load_recipe(None, ["stages.1.objective=double_nll"]).stages[1].objective == "double_nll"
+    monkeypatch.delitem(module.SFT_LOSSES, "double_nll")
+    with pytest.raises(UserError, match="stages\\[1\\].objective.*expected one of nll, dft"):
+        load_recipe(None, ["stages.1.objective=double_nll"])
