@@ -21,7 +21,7 @@ import torch
 
 from reasonloop.config import SftStage, TaskConfig
 from reasonloop.models import load_model
-from reasonloop.stages.sft import train_sft
+from reasonloop.stages.sft import SftTrainer
 from reasonloop.stages.sft_data import examples_from_pairs, gold_pairs
 from reasonloop.tasks import load_task
 
@@ -55,7 +55,7 @@ def run_ours(examples, batch_tokens, grad_accum) -> dict:
                    optim={"lr": 1e-5}, save_every=10_000)
     tokens = sum(len(e.ids) for e in examples)
     t = time.perf_counter()
-    train_sft(model, tok, examples, cfg, progress=False)
+    SftTrainer(model, tok, examples, cfg).train(progress=False)
     secs = time.perf_counter() - t
     return {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs}
 

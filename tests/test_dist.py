@@ -81,7 +81,7 @@ def job_sft(model_dir: str, run: Path, stop_at: int | None = None) -> None:
     from reasonloop.config import SftStage
     from reasonloop.models import load_model
     from reasonloop.runs.store import RunStore
-    from reasonloop.stages.sft import train_sft
+    from reasonloop.stages.sft import SftTrainer
     from reasonloop.stages.sft_data import examples_from_pairs
 
     model, tok = load_model(model_dir, trainable=True)
@@ -95,8 +95,8 @@ def job_sft(model_dir: str, run: Path, stop_at: int | None = None) -> None:
         return 0.0
 
     try:
-        train_sft(model, tok, examples_from_pairs(tok, _pairs(), 64), cfg, store=store, ckpt_dir=run / "ckpt",
-                  progress=False, eval_fn=crash, dtype="fp32")
+        SftTrainer(model, tok, examples_from_pairs(tok, _pairs(), 64), cfg, store=store, ckpt_dir=run / "ckpt",
+                   eval_fn=crash, dtype="fp32").train(progress=False)
     except RuntimeError as err:
         assert str(err) == "interrupted"
     if store is not None:

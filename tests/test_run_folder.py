@@ -182,7 +182,7 @@ def _sft_checkpoint(tmp_path, tokenizer, tiny_model_dir, **cfg):
     """Train 2 SFT steps with a checkpoint per step; return (ckpt_dir, train function, first result)."""
     from reasonloop.config import SftStage
     from reasonloop.models import load_model
-    from reasonloop.stages.sft import train_sft
+    from reasonloop.stages.sft import SftTrainer
     from reasonloop.stages.sft_data import examples_from_pairs
 
     pairs = [(f"p{i}", f"What is {i} + {i}?\n", f"{2 * i}") for i in range(8)]
@@ -192,7 +192,7 @@ def _sft_checkpoint(tmp_path, tokenizer, tiny_model_dir, **cfg):
 
     def train():
         model, _ = load_model(str(tiny_model_dir), trainable=True)
-        return train_sft(model, tokenizer, examples, stage, ckpt_dir=ckpt, progress=False)
+        return SftTrainer(model, tokenizer, examples, stage, ckpt_dir=ckpt).train(progress=False)
 
     return ckpt, train, train()
 

@@ -8,7 +8,7 @@ from reasonloop.config import SftStage
 from reasonloop.errors import UserError
 from reasonloop.models import load_model, save_hf_folder
 from reasonloop.runs.store import RunStore
-from reasonloop.stages.sft import make_plan, microbatch_loss, train_sft
+from reasonloop.stages.sft import SftTrainer, make_plan, microbatch_loss
 from reasonloop.stages.sft_data import examples_from_pairs, jsonl_pairs
 from reasonloop.config import TaskConfig
 
@@ -52,7 +52,7 @@ def test_sft_learns_changes_weights_resumes_and_saves(tiny_model_dir, tokenizer,
     m1, _ = load_model(str(tiny_model_dir), trainable=True)
     before = [p.detach().clone() for p in m1.parameters()]
     s1 = RunStore(tmp_path / "a.sqlite")
-    res = train_sft(m1, tokenizer, examples, c, store=s1, stage="sft", ckpt_dir=tmp_path / "ck1", progress=False)
+    res = SftTrainer(m1, tokenizer, examples, c, store=s1, stage="sft", ckpt_dir=tmp_path / "ck1").train(progress=False)
     losses = [v for _, v in s1.metrics("sft", "loss")]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] * 0.5
     assert any(not torch.equal(a, b) for a, b in zip(before, m1.parameters()))
@@ -71,10 +71,10 @@ def test_sft_learns_changes_weights_resumes_and_saves(tiny_model_dir, tokenizer,
         return 0.0
 
     with pytest.raises(Killed):
-        train_sft(m2, tokenizer, examples, c.model_copy(update={"eval_every": 1}), store=s2, stage="sft",
-                  ckpt_dir=tmp_path / "ck2", progress=False, eval_fn=die_at_5)
+        SftTrainer(m2, tokenizer, examples, c.model_copy(update={"eval_every": 1}), store=s2, stage="sft",
+                   ckpt_dir=tmp_path / "ck2", eval_fn=die_at_5).train(progress=False)
     m3, _ = load_model(str(tiny_model_dir), trainable=True)
-    train_sft(m3, tokenizer, examples, c, store=s2, stage="sft", ckpt_dir=tmp_path / "ck2", progress=False)
+    SftTrainer(m3, tokenizer, examples, c, store=s2, stage="sft", ckpt_dir=tmp_path / "ck2").train(progress=False)
     resumed = [v for _, v in s2.metrics("sft", "loss")]
     assert len(resumed) == len(losses)
     assert resumed == pytest.approx(losses, rel=1e-5, abs=1e-6)
@@ -106,8 +106,6 @@ def tau_in_a_gap(lp: torch.Tensor) -> float:
 def test_every_objective_computes_its_formula_and_trains(tiny_model_dir, tokenizer, examples, tmp_path, objective):
     """Step 1's loss is the objective's formula over the response tokens (hand-written here from plain
     log-probs), and training moves the weights."""
-    from reasonloop.stages.sft import step_gradients
-
     model, _ = load_model(str(tiny_model_dir), dtype="fp32", trainable=True)
     lp = torch.cat([response_logprobs(model, ex) for ex in examples])
     tau = tau_in_a_gap(lp)
@@ -116,13 +114,14 @@ def test_every_objective_computes_its_formula_and_trains(tiny_model_dir, tokeniz
                 "profit": -lp[lp.exp() >= tau].mean()}[objective]
     c = cfg(objective=objective, max_steps=3, profit_tau=tau)
     ref = load_model(str(tiny_model_dir), dtype="fp32")[0] if objective == "asft" else None
-    got = step_gradients(model, examples, [list(range(len(examples)))], c, step=0, ref_model=ref)
+    got = SftTrainer(model, tokenizer, examples, c, ref_model=ref, dtype="fp32").gradients(
+        [list(range(len(examples)))], step=0)
     assert got["loss"] == pytest.approx(expected.item(), rel=1e-4)
     model.zero_grad(set_to_none=True)
     before = [p.detach().clone() for p in model.parameters()]
     c = cfg(objective=objective, max_steps=3, masked_thought=0.2, profit_tau=tau)
-    res = train_sft(model, tokenizer, examples, c, store=RunStore(tmp_path / "s.sqlite"), ref_model=ref,
-                    progress=False)
+    res = SftTrainer(model, tokenizer, examples, c, store=RunStore(tmp_path / "s.sqlite"),
+                     ref_model=ref).train(progress=False)
     assert res["steps"] == 3 and torch.isfinite(torch.tensor(res["final_loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -130,9 +129,8 @@ def test_every_objective_computes_its_formula_and_trains(tiny_model_dir, tokeniz
 @pytest.mark.parametrize("objective, aggregate", [("nll", "token_mean"), ("dft", "token_mean"),
                                                   ("prob", "token_mean"), ("asft", "token_mean"),
                                                   ("profit", "token_mean"), ("profit", "seq_mean")])
-def test_grad_accum_does_not_change_the_gradient(tiny_model_dir, examples, objective, aggregate):
+def test_grad_accum_does_not_change_the_gradient(tiny_model_dir, tokenizer, examples, objective, aggregate):
     """One micro-batch or two: the same step, the same gradient (ProFit's kept tokens included)."""
-    from reasonloop.stages.sft import step_gradients
 
     ref = load_model(str(tiny_model_dir), dtype="fp32")[0] if objective == "asft" else None
     tau = tau_in_a_gap(torch.cat([response_logprobs(ref or load_model(str(tiny_model_dir), dtype="fp32")[0], ex)
@@ -141,7 +139,7 @@ def test_grad_accum_does_not_change_the_gradient(tiny_model_dir, examples, objec
     grads = []
     for batches in ([[0, 1, 2, 3, 4, 5]], [[0], [1, 2, 3, 4, 5]]):
         model, _ = load_model(str(tiny_model_dir), dtype="fp32", trainable=True)
-        step_gradients(model, examples, batches, c, step=0, ref_model=ref)
+        SftTrainer(model, tokenizer, examples, c, ref_model=ref, dtype="fp32").gradients(batches, step=0)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
@@ -155,7 +153,7 @@ def test_lora_asft_anchors_to_the_base_without_adapters(tiny_model_dir, tokenize
     model, _ = load_model(str(tiny_model_dir), dtype="fp32", trainable=True, lora=LoraConfig(r=4, alpha=8))
     c = cfg(objective="asft", max_steps=3)
     assert microbatch_loss(model, examples, [0, 1, 2], c)[1]["kl"].item() == 0.0
-    res = train_sft(model, tokenizer, examples, c, progress=False)
+    res = SftTrainer(model, tokenizer, examples, c).train(progress=False)
     assert torch.isfinite(torch.tensor(res["final_loss"]))
     assert microbatch_loss(model, examples, [0, 1, 2], c)[1]["kl"].item() > 1e-6
 
@@ -179,7 +177,7 @@ def test_bf16_autocast_training_tracks_fp32(tiny_model_dir, tokenizer, examples,
     for dtype in ("fp32", "bf16"):
         model, _ = load_model(str(tiny_model_dir), trainable=True)
         store = RunStore(tmp_path / f"{dtype}.sqlite")
-        train_sft(model, tokenizer, examples, cfg(max_steps=4), store=store, stage="sft", progress=False, dtype=dtype)
+        SftTrainer(model, tokenizer, examples, cfg(max_steps=4), store=store, stage="sft", dtype=dtype).train(progress=False)
         curves[dtype] = [v for _, v in store.metrics("sft", "loss")]
     assert curves["bf16"] != curves["fp32"]  # the bf16 path ran
     assert curves["bf16"][0] == pytest.approx(curves["fp32"][0], rel=1e-3)

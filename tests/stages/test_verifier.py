@@ -15,7 +15,7 @@ from reasonloop.pipeline import run_pipeline
 from reasonloop.runs.store import RunStore
 from reasonloop.stages import verifier as verifier_stage
 from reasonloop.stages.sft_data import Example
-from reasonloop.stages.verifier import split_questions, train_verifier, verifier_quality
+from reasonloop.stages.verifier import VerifierTrainer, split_questions, verifier_quality
 from reasonloop.verifier_model import check_verifier_folder, load_verifier, new_verifier, score_solutions, verifier_ids
 
 PROMPT = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
@@ -54,8 +54,8 @@ def test_verifier_learns_changes_weights_and_resumes(tiny_model_dir, tokenizer, 
     m1, tok = new_verifier(str(tiny_model_dir))
     before = [p.detach().clone() for p in m1.parameters()]
     s1 = RunStore(tmp_path / "a.sqlite")
-    res = train_verifier(m1, tok, examples(tok), LABELS, c, store=s1, stage="v", ckpt_dir=tmp_path / "ck1",
-                         progress=False, dtype="fp32")
+    res = VerifierTrainer(m1, tok, examples(tok), LABELS, c, store=s1, stage="v", ckpt_dir=tmp_path / "ck1",
+                          dtype="fp32").train(progress=False)
     losses = [v for _, v in s1.metrics("v", "loss")]
     assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # zero-initialised head: P = 0.5 for every solution
@@ -76,12 +76,12 @@ def test_verifier_learns_changes_weights_and_resumes(tiny_model_dir, tokenizer, 
     m2, _ = new_verifier(str(tiny_model_dir))
     monkeypatch.setattr(verifier_stage, "_step_loss", dies_at_step_5)
     with pytest.raises(Killed):
-        train_verifier(m2, tok, examples(tok), LABELS, c, store=s2, stage="v", ckpt_dir=tmp_path / "ck2",
-                       progress=False, dtype="fp32")
+        VerifierTrainer(m2, tok, examples(tok), LABELS, c, store=s2, stage="v", ckpt_dir=tmp_path / "ck2",
+                        dtype="fp32").train(progress=False)
     monkeypatch.setattr(verifier_stage, "_step_loss", real)
     m3, _ = new_verifier(str(tiny_model_dir))
-    train_verifier(m3, tok, examples(tok), LABELS, c, store=s2, stage="v", ckpt_dir=tmp_path / "ck2",
-                   progress=False, dtype="fp32")
+    VerifierTrainer(m3, tok, examples(tok), LABELS, c, store=s2, stage="v", ckpt_dir=tmp_path / "ck2",
+                    dtype="fp32").train(progress=False)
     assert [v for _, v in s2.metrics("v", "loss")] == pytest.approx(losses, rel=1e-5, abs=1e-6)
 
 

@@ -5,7 +5,7 @@ Yuan et al. 2023): sample k solutions per training question, keep the correct on
 reasoning paths (plus the gold solution), pool paths from several models, fine-tune. Variants, each
 a recipe setting (config.RftStage): DART-Math's difficulty-aware allocation (Tong et al. 2024),
 STaR rationalisation with the gold answer as a hint (Zelikman et al. 2022), and repeated rounds
-(Expert Iteration). Training is `stages.sft.train_sft` itself, so every SFT objective applies.
+(Expert Iteration). Training is `stages.sft.SftTrainer` itself, so every SFT objective applies.
 
 Stage folder (resume skips whatever a round has finished):
   pool/<i>.jsonl                samples drawn once from pooled model i
@@ -194,7 +194,7 @@ class _RoundStore:
 def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, out: Path, offset: int) -> dict:
     """Fine-tune `init_ref` on the kept rows with the SFT loop; resume or skip what is done."""
     from reasonloop.models import load_model, save_hf_folder
-    from reasonloop.stages.sft import train_sft
+    from reasonloop.stages.sft import SftTrainer
     from reasonloop.stages.sft_data import examples_from_pairs
 
     rdir = ctx.stage_dir(name) / f"round_{r}"
@@ -211,15 +211,15 @@ def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, o
     ref_model = None
     if cfg.train.objective == "asft" and ctx.recipe.model.lora is None:
         ref_model, _ = load_model(init_ref, dtype=ctx.recipe.model.dtype)
-    result = train_sft(model, tok, examples, cfg.train, store=_RoundStore(ctx.store, offset), stage=name,
-                       ckpt_dir=rdir / "checkpoint", ref_model=ref_model, progress=ctx.progress,
-                       dtype=ctx.recipe.model.dtype)
+    trainer = SftTrainer(model, tok, examples, cfg.train, store=_RoundStore(ctx.store, offset), stage=name,
+                         ckpt_dir=rdir / "checkpoint", ref_model=ref_model, dtype=ctx.recipe.model.dtype)
+    result = trainer.train(progress=ctx.progress)
     result = saved or result  # a run killed after training and before saving resumes at the last step
     if dist.is_main():
         write_text_atomic(rdir / "train.json", json.dumps(result))
         save_hf_folder(model, tok, out)
     dist.barrier()
-    del model, ref_model
+    del model, ref_model, trainer
     gc.collect()
     return result
 

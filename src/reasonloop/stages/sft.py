@@ -22,6 +22,7 @@ from reasonloop import dist
 from reasonloop.algos.logprobs import token_logprobs
 from reasonloop.algos.sft_loss import sft_loss
 from reasonloop.checkpoint import resume_training, save_checkpoint
+from reasonloop.errors import UserError
 from reasonloop.models import backbone_and_head, resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.packing import pack_sequences, packed_hidden, plan_microbatches
@@ -102,97 +103,133 @@ def microbatch_loss(model, examples: list[Example], mb: list[int], cfg, *, ref_m
     return loss, metrics, int(batch.input_ids.shape[1])
 
 
-def train_sft(model, tokenizer, examples: list[Example], cfg, *, store=None, stage: str = "sft",
-              ckpt_dir=None, ref_model=None, progress: bool = True, eval_fn=None, order_fn=None,
-              dtype: str = "auto") -> dict:
-    """Train `model` in place on `examples` with an SftStage config; resume from `ckpt_dir` if present.
+class SftTrainer:
+    """One SFT training run as a recipe object (torchtune's shape): setup in `__init__` (plan, optimizer,
+    schedule), `resume()`, `step()`, `save()`, and `train()` to drive them. The state a step needs lives
+    here instead of being passed from call to call; RFT trains each round with it, and the verifier stage
+    subclasses it with its own `gradients`.
 
     `dtype` is the recipe's `model.dtype`: bf16 trains under bf16 autocast (fp32 master weights), fp32 without.
     """
-    if not examples:
-        from reasonloop.errors import UserError
 
-        raise UserError(f"{stage}: no training examples (all empty or longer than max_length?)")
-    device = next(model.parameters()).device
-    use_bf16 = resolve_dtype(dtype, device) == torch.bfloat16
-    plan = make_plan(examples, cfg, order_fn)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = build_optimizer(params, cfg.optim, plan.steps)
-    resumed = resume_training(ckpt_dir, model, opt, sched, store=store, stage=stage) or {"step": 0}
-    start, last = resumed["step"], resumed.get("last", {})
-    mask_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
-    world = dist.world_size()
-    if cfg.grad_accum % world and dist.is_main():
-        log.warning("%s: grad_accum=%d is not a multiple of the %d processes: some idle part of each step",
-                    stage, cfg.grad_accum, world)
-    model.train()
-    bar = tqdm(total=plan.steps, initial=start, desc=stage, disable=not progress or not dist.is_main(),
-               unit="step", dynamic_ncols=True)
-    for step in range(start, plan.steps):
+    # Each rank takes every world-th micro-batch of a step (the verifier, which does not, sets False).
+    shares_microbatches = True
+
+    def __init__(self, model, tokenizer, examples: list[Example], cfg, *, store=None, stage: str = "sft",
+                 ckpt_dir=None, ref_model=None, eval_fn=None, order_fn=None, dtype: str = "auto"):
+        if not examples:
+            raise UserError(f"{stage}: no training examples (all empty or longer than max_length?)")
+        self.model, self.tokenizer, self.examples, self.cfg = model, tokenizer, examples, cfg
+        self.store, self.stage, self.ckpt_dir = store, stage, ckpt_dir
+        self.ref_model, self.eval_fn = ref_model, eval_fn
+        self.device = next(model.parameters()).device
+        self.use_bf16 = resolve_dtype(dtype, self.device) == torch.bfloat16
+        self.plan = make_plan(examples, cfg, order_fn)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt, self.sched = build_optimizer(self.params, cfg.optim, self.plan.steps)
+        self.mask_id = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.pad_token_id
+        self.done = 0  # optimizer steps taken
+        self.last: dict = {}  # the last step's metrics: the run's result
+
+    def resume(self) -> int:
+        """Restore weights, optimizer, schedule and RNG from `ckpt_dir` if it holds a checkpoint (and drop
+        the store's rows logged after it); returns the step to go on from."""
+        resumed = resume_training(self.ckpt_dir, self.model, self.opt, self.sched, store=self.store,
+                                  stage=self.stage) or {"step": 0}
+        self.done, self.last = resumed["step"], resumed.get("last", {})
+        return self.done
+
+    def step(self) -> dict:
+        """One optimizer step (the plan's next): gradients, clip, update; then eval, log and checkpoint as
+        the config says. Returns the step's metrics."""
         t0 = time.time()
-        totals = step_gradients(model, examples, plan.step_batches(step), cfg, step=step, ref_model=ref_model,
-                                mask_id=mask_id, device=device, use_bf16=use_bf16)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        dt = time.time() - t0
-        last = {"loss": totals["loss"], "nll": totals["nll"], "lr": sched.get_last_lr()[0],
-                "grad_norm": float(grad_norm), "tokens": totals["tokens"], "tokens_per_s": totals["tokens"] / dt}
-        _after_step(step + 1, plan, last, model, tokenizer, opt, sched, cfg, store, stage, ckpt_dir, eval_fn)
-        bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-        bar.update(1)
-    bar.close()
-    return {"final_loss": last.get("loss"), "steps": plan.steps, "examples": len(examples)}
+        metrics = self.gradients(self.plan.step_batches(self.done), step=self.done)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm or float("inf"))
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.done += 1
+        self.last = self.step_metrics(metrics, self.sched.get_last_lr()[0], float(grad_norm), time.time() - t0)
+        self._after_step()
+        return self.last
 
+    def step_metrics(self, metrics: dict, lr: float, grad_norm: float, seconds: float) -> dict:
+        """What a step logs: its loss and nll, the update's size, its throughput."""
+        return {"loss": metrics["loss"], "nll": metrics["nll"], "lr": lr, "grad_norm": grad_norm,
+                "tokens": metrics["tokens"], "tokens_per_s": metrics["tokens"] / seconds}
 
-def step_gradients(model, examples: list[Example], batches: list[list[int]], cfg, *, step: int, ref_model=None,
-                   mask_id: int = 0, device="cpu", use_bf16: bool = False) -> dict[str, float]:
-    """Accumulate one optimizer step's gradient over its micro-batches (this rank's share of them).
+    def gradients(self, batches: list[list[int]], *, step: int) -> dict[str, float]:
+        """Accumulate one optimizer step's gradient over its micro-batches (this rank's share of them).
 
-    Each micro-batch back-propagates its loss numerator; once every rank is done the summed gradient is
-    divided by the step's global denominator (`algos.aggregate.aggregate_parts`), so the gradient is the
-    same for any grad_accum or number of processes, for every objective (ProFit's kept-token count is only
-    known after the forward, so no share can be fixed in advance). Returns the step's loss, response-token
-    nll and input tokens.
-    """
-    rank, world = dist.rank(), dist.world_size()
-    params = [p for p in model.parameters() if p.requires_grad]
-    totals = torch.zeros(5)  # loss numerator, denominator, input tokens, nll sum, response tokens
-    for j, mb in enumerate(batches):
-        if j % world != rank:
-            continue
-        # Masked Thought draws depend on (seed, step, micro-batch) only: same at any world size or resume.
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + j)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, metrics, n_tok = microbatch_loss(model, examples, mb, cfg, ref_model=ref_model,
-                                                   mask_id=mask_id, generator=gen, device=device)
-        denominator = metrics["denominator"].float()
-        (loss * denominator).backward()
-        n_resp = _trained_tokens(examples, mb)
-        totals += torch.tensor([loss.item() * denominator.item(), denominator.item(), n_tok,
-                                metrics["nll"].item() * n_resp, n_resp])
-    dist.sync_gradients(params)  # sums the numerators' gradients over ranks
-    dist.all_reduce_sum(totals)
-    scale = 1.0 / max(totals[1].item(), 1.0)
-    for p in params:
-        if p.grad is not None:
-            p.grad.mul_(scale)
-    return {"loss": totals[0].item() * scale, "tokens": totals[2].item(),
-            "nll": totals[3].item() / max(totals[4].item(), 1.0)}
+        Each micro-batch back-propagates its loss numerator; once every rank is done the summed gradient is
+        divided by the step's global denominator (`algos.aggregate.aggregate_parts`), so the gradient is the
+        same for any grad_accum or number of processes, for every objective (ProFit's kept-token count is
+        only known after the forward, so no share can be fixed in advance). Returns the step's loss,
+        response-token nll and input tokens.
+        """
+        rank, world = dist.rank(), dist.world_size()
+        totals = torch.zeros(5)  # loss numerator, denominator, input tokens, nll sum, response tokens
+        for j, mb in enumerate(batches):
+            if j % world != rank:
+                continue
+            # Masked Thought draws depend on (seed, step, micro-batch) only: same at any world size or resume.
+            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step * 1009 + j)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+                loss, metrics, n_tok = microbatch_loss(self.model, self.examples, mb, self.cfg,
+                                                       ref_model=self.ref_model, mask_id=self.mask_id,
+                                                       generator=gen, device=self.device)
+            denominator = metrics["denominator"].float()
+            (loss * denominator).backward()
+            n_resp = _trained_tokens(self.examples, mb)
+            totals += torch.tensor([loss.item() * denominator.item(), denominator.item(), n_tok,
+                                    metrics["nll"].item() * n_resp, n_resp])
+        dist.sync_gradients(self.params)  # sums the numerators' gradients over ranks
+        dist.all_reduce_sum(totals)
+        scale = 1.0 / max(totals[1].item(), 1.0)
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        return {"loss": totals[0].item() * scale, "tokens": totals[2].item(),
+                "nll": totals[3].item() / max(totals[4].item(), 1.0)}
 
+    def _after_step(self) -> None:
+        done, cfg = self.done, self.cfg
+        if self.eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0:
+            self.last["eval_top1"] = self.eval_fn(done)
+            self.model.train()
+        if self.store is not None and dist.is_main():
+            self.store.log_metrics(self.stage, done, self.last)
+        if self.ckpt_dir is not None and (done % cfg.save_every == 0 or done == self.plan.steps):
+            self.save()
 
-def _after_step(done, plan, metrics, model, tokenizer, opt, sched, cfg, store, stage, ckpt_dir, eval_fn):
-    if eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0:
-        metrics["eval_top1"] = eval_fn(done)
-        model.train()
-    if store is not None and dist.is_main():
-        store.log_metrics(stage, done, metrics)
-    if ckpt_dir is not None and (done % cfg.save_every == 0 or done == plan.steps):
+    def save(self) -> None:
+        """Checkpoint weights, optimizer, schedule and RNG at the current step (rank 0 writes, all wait)."""
         if dist.is_main():
             # The step's metrics go with it: a run killed after the last checkpoint still reports them.
-            save_checkpoint(ckpt_dir, model, tokenizer, opt, sched, {"step": done, "last": metrics})
+            save_checkpoint(self.ckpt_dir, self.model, self.tokenizer, self.opt, self.sched,
+                            {"step": self.done, "last": self.last})
         dist.barrier()
+
+    def train(self, *, progress: bool = True) -> dict:
+        """Resume if a checkpoint is there, then step to the end of the plan; the model is trained in place."""
+        start = self.resume()
+        world = dist.world_size()
+        if self.shares_microbatches and self.cfg.grad_accum % world and dist.is_main():
+            log.warning("%s: grad_accum=%d is not a multiple of the %d processes: some idle part of each step",
+                        self.stage, self.cfg.grad_accum, world)
+        self.model.train()
+        bar = tqdm(total=self.plan.steps, initial=start, desc=self.stage, unit="step", dynamic_ncols=True,
+                   disable=not progress or not dist.is_main())
+        while self.done < self.plan.steps:
+            last = self.step()
+            bar.set_postfix(**self.progress_fields(last))
+            bar.update(1)
+        bar.close()
+        return {"final_loss": self.last.get("loss"), "steps": self.plan.steps, "examples": len(self.examples)}
+
+    def progress_fields(self, metrics: dict) -> dict[str, str]:
+        """What the progress bar shows after a step."""
+        return {"loss": f"{metrics['loss']:.4f}", "tok_s": f"{metrics['tokens_per_s']:.0f}"}
 
 
 def run(ctx, cfg, name: str) -> dict:
@@ -210,10 +247,10 @@ def run(ctx, cfg, name: str) -> dict:
     ref_model = None
     if cfg.objective == "asft" and ctx.recipe.model.lora is None:
         ref_model, _ = load_model(model_ref, dtype=ctx.recipe.model.dtype)
-    result = train_sft(model, tok, examples, cfg, store=ctx.store, stage=name,
-                       ckpt_dir=ctx.stage_dir(name) / "checkpoint", ref_model=ref_model,
-                       progress=ctx.progress, eval_fn=periodic_eval(ctx, model, tok, cfg),
-                       dtype=ctx.recipe.model.dtype)
+    trainer = SftTrainer(model, tok, examples, cfg, store=ctx.store, stage=name,
+                         ckpt_dir=ctx.stage_dir(name) / "checkpoint", ref_model=ref_model,
+                         eval_fn=periodic_eval(ctx, model, tok, cfg), dtype=ctx.recipe.model.dtype)
+    result = trainer.train(progress=ctx.progress)
     out = ctx.stage_dir(name) / "model"
     if dist.is_main():
         save_hf_folder(model, tok, out)

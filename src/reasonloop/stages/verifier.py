@@ -15,20 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 
 import torch
-from tqdm.auto import tqdm
 
 from reasonloop import dist
 from reasonloop.algos.verifier_loss import verifier_loss
 from reasonloop.atomic import write_text_atomic
-from reasonloop.checkpoint import resume_training
 from reasonloop.errors import UserError
 from reasonloop.metrics import calibration_bins, roc_auc, sigmoid
-from reasonloop.models import resolve_dtype
-from reasonloop.optim import build_optimizer
-from reasonloop.stages.sft import _after_step, make_plan
+from reasonloop.stages.sft import SftTrainer
 from reasonloop.stages.sft_data import Example
 from reasonloop.verifier_model import packed_scores, score_solutions, verifier_ids
 
@@ -100,34 +95,33 @@ def _step_loss(model, examples, labels, batches, cfg, device, use_bf16) -> dict[
     return {"loss": loss_sum / total, "accuracy": acc_sum / total}
 
 
-def train_verifier(model, tokenizer, examples: list[Example], labels: list[float], cfg, *, store=None,
-                   stage: str = "verifier", ckpt_dir=None, progress: bool = True, dtype: str = "auto") -> dict:
-    """Train `model` (a one-label sequence classifier) in place; resume from `ckpt_dir` if it holds a checkpoint."""
-    if not examples:
-        raise UserError(f"{stage}: no labelled solutions to train the verifier on")
-    device = next(model.parameters()).device
-    use_bf16 = resolve_dtype(dtype, device) == torch.bfloat16
-    plan = make_plan(examples, cfg)  # the SFT loop's seeded, packed micro-batches
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = build_optimizer(params, cfg.optim, plan.steps)
-    resumed = resume_training(ckpt_dir, model, opt, sched, store=store, stage=stage) or {"step": 0}
-    start, last = resumed["step"], resumed.get("last", {})
-    model.train()
-    bar = tqdm(total=plan.steps, initial=start, desc=stage, disable=not progress, unit="step", dynamic_ncols=True)
-    for step in range(start, plan.steps):
-        t0 = time.time()
-        last = _step_loss(model, examples, labels, plan.step_batches(step), cfg, device, use_bf16)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        last.update(lr=sched.get_last_lr()[0], grad_norm=float(grad_norm), seconds=time.time() - t0)
-        _after_step(step + 1, plan, last, model, tokenizer, opt, sched, cfg, store, stage, ckpt_dir, None)
-        bar.set_postfix(loss=f"{last['loss']:.4f}")
-        bar.update(1)
-    bar.close()
-    model.eval()
-    return {"final_loss": last.get("loss"), "steps": plan.steps, "examples": len(examples)}
+class VerifierTrainer(SftTrainer):
+    """The SFT loop (seeded packed plan, optimizer, resume, logging, checkpoints) training a one-label
+    sequence classifier: only the step's gradient and what it logs differ. Every rank trains on every
+    micro-batch (no data parallelism yet), so none is idle whatever grad_accum is."""
+
+    shares_microbatches = False
+
+    def __init__(self, model, tokenizer, examples: list[Example], labels: list[float], cfg, *, store=None,
+                 stage: str = "verifier", ckpt_dir=None, dtype: str = "auto"):
+        if not examples:
+            raise UserError(f"{stage}: no labelled solutions to train the verifier on")
+        super().__init__(model, tokenizer, examples, cfg, store=store, stage=stage, ckpt_dir=ckpt_dir, dtype=dtype)
+        self.labels = labels
+
+    def gradients(self, batches: list[list[int]], *, step: int) -> dict[str, float]:
+        return _step_loss(self.model, self.examples, self.labels, batches, self.cfg, self.device, self.use_bf16)
+
+    def step_metrics(self, metrics: dict, lr: float, grad_norm: float, seconds: float) -> dict:
+        return {**metrics, "lr": lr, "grad_norm": grad_norm, "seconds": seconds}
+
+    def progress_fields(self, metrics: dict) -> dict[str, str]:
+        return {"loss": f"{metrics['loss']:.4f}"}
+
+    def train(self, *, progress: bool = True) -> dict:
+        result = super().train(progress=progress)
+        self.model.eval()
+        return result
 
 
 def verifier_quality(logits: list[float], correct: list[bool]) -> dict:
@@ -166,9 +160,10 @@ def run(ctx, cfg, name: str) -> dict:
     train_rows = [r for r in rows if r["problem_id"] not in held_out]
     examples = [Example(*verifier_ids(tok, r["prompt"], r["response"], cfg.max_length), r["problem_id"])
                 for r in train_rows]
-    result = train_verifier(model, tok, examples, [float(r["correct"]) for r in train_rows], cfg, store=ctx.store,
-                            stage=name, ckpt_dir=ctx.stage_dir(name) / "checkpoint", progress=ctx.progress,
-                            dtype=ctx.recipe.model.dtype)
+    trainer = VerifierTrainer(model, tok, examples, [float(r["correct"]) for r in train_rows], cfg,
+                              store=ctx.store, stage=name, ckpt_dir=ctx.stage_dir(name) / "checkpoint",
+                              dtype=ctx.recipe.model.dtype)
+    result = trainer.train(progress=ctx.progress)
     test_rows = [r for r in rows if r["problem_id"] in held_out]
     logits = score_solutions(model, tok, [r["prompt"] for r in test_rows], [r["response"] for r in test_rows],
                              cfg.batch_tokens, cfg.max_length)
