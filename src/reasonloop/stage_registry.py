@@ -98,7 +98,7 @@ register_stage(SftStage, "reasonloop.stages.sft", help="supervised fine-tuning o
                curriculum_signals=())
 register_stage(RftStage, "reasonloop.stages.rft", help="rejection-sampling fine-tuning (sample, verify, train)",
                curriculum_signals=("rewards",))
-register_stage(RlStage, "reasonloop.stages.rl", help="reinforcement learning (GRPO, RLOO, PPO)",
+register_stage(RlStage, "reasonloop.stages.rl_run", help="reinforcement learning (GRPO, RLOO, PPO)",
                curriculum_signals=("rewards", "advantages"))
 register_stage(VerifierStage, "reasonloop.stages.verifier",
                help="train a verifier on sampled, judged solutions (for rerank@k and weighted voting)")
