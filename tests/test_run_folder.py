@@ -86,8 +86,10 @@ def test_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path, ca
     assert code == 0, line
 
 
-def test_two_runs_started_together_one_runs_the_other_is_refused(tmp_path, tiny_model_dir):
-    recipe = write_recipe(tmp_path, tiny_model_dir, [SFT, EVAL])
+def test_two_runs_started_together_one_runs_the_other_is_refused(tmp_path, tiny_real_vocab_model_dir):
+    # The 49k-vocabulary model keeps the first run busy for seconds: with the 512-token test vocabulary it
+    # could finish before the second process had imported torch, and the second then resumed a done run.
+    recipe = write_recipe(tmp_path, tiny_real_vocab_model_dir, [SFT, EVAL])
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "reasonloop", "run", str(recipe), "--out", str(out), "--no-progress"]
     procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
