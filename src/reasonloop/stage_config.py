@@ -15,6 +15,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
 
 
+def registered(value: str, names) -> str:
+    """``value`` if a registry (task sources, estimators, objectives) holds it, else the error pydantic
+    reports at the field: the names the recipe may use."""
+    if value not in names:
+        raise ValueError(f"expected one of {', '.join(names)}, got {value!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- curriculum
 
 
@@ -184,9 +192,7 @@ class SftStage(StageBase):
     def _registered_objective(cls, value):
         from reasonloop.algos.sft_loss import SFT_LOSSES
 
-        if value not in SFT_LOSSES:
-            raise ValueError(f"expected one of {', '.join(SFT_LOSSES)}, got {value!r}")
-        return value
+        return registered(value, list(SFT_LOSSES))
 
 
 class RftStage(StageBase):
@@ -322,9 +328,7 @@ class RlStage(StageBase):
     def _registered_estimator(cls, value):
         from reasonloop.algos.estimators import estimators
 
-        if value not in estimators():
-            raise ValueError(f"expected one of {', '.join(sorted(estimators()))}, got {value!r}")
-        return value
+        return registered(value, sorted(estimators()))
 
     @model_validator(mode="after")
     def _groups_for_group_baselines(self):
