@@ -28,11 +28,8 @@ Schedulers (``CurriculumConfig.scheduler``):
 - ``sec``: a non-stationary bandit over difficulty buckets; arm reward = mean absolute
   advantage of its problems in the last batch, TD(0) values, Boltzmann sampling (Chen et al.,
   "Self-Evolving Curriculum for LLM Reasoning", 2025).
-- ``signal``: RL problems where the signal is: each problem's pass rate is tracked (a Beta posterior
-  over every group sampled from it, older groups decayed), and problems are drawn by softmax over
-  their expected reward variance, so those that split their last group come back, unseen ones come
-  next, and those every sample solved (or failed) rarely. DAPO's dynamic sampling spends rollouts
-  on flat groups and throws them away; this spends fewer of them.
+- ``signal``: each problem's pass rate tracked as a decayed Beta posterior over its sampled groups;
+  problems drawn by softmax over expected reward variance (split groups return, flat ones rarely).
 - ``levels``: procedural tasks with declared levels (``task.gym.levels``): sample the current
   level of a pre-generated pool, move up once the recent accuracy reaches ``promote_at``.
 """
@@ -217,8 +214,7 @@ def _sec_log(spec: Spec, state: dict) -> dict[str, float]:
 
 
 def _signal_init(spec: Spec) -> dict:
-    n = len(spec.difficulties)
-    return {"step": 0, "successes": [0.0] * n, "failures": [0.0] * n}
+    return {"step": 0, "successes": [0.0] * len(spec.difficulties), "failures": [0.0] * len(spec.difficulties)}
 
 
 def _signal_sample(spec: Spec, state: dict, k: int, gen: np.random.Generator) -> list[int]:
@@ -239,10 +235,9 @@ def _signal_update(spec: Spec, state: dict, stats: BatchStats) -> dict:
 
 
 def _signal_log(spec: Spec, state: dict) -> dict[str, float]:
-    seen = [s + f > 1e-9 for s, f in zip(state["successes"], state["failures"])]
-    scores = signal_scores(state["successes"], state["failures"])
-    return {"curriculum/seen_share": sum(seen) / len(seen),
-            "curriculum/split_share": sum(v > 1.0 for v in scores) / len(scores)}
+    n, scores = len(spec.difficulties), signal_scores(state["successes"], state["failures"])
+    return {"curriculum/seen_share": sum(s + f > 1e-9 for s, f in zip(state["successes"], state["failures"])) / n,
+            "curriculum/split_share": sum(v > 1.0 for v in scores) / n}
 
 
 # --------------------------------------------------------------------------- levels
