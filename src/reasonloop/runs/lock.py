@@ -19,6 +19,17 @@ from reasonloop.errors import UserError
 LOCK_FILE = "run.lock"
 
 
+def _read_holder(fd: int, wait_s: float = 1.0) -> str:
+    """The holder's text; a holder that has just taken the lock may not have written it yet, so wait a
+    moment for it rather than naming nobody."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+        if text or time.monotonic() > deadline:
+            return text or "another process"
+        time.sleep(0.02)
+
+
 class RunLock:
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
@@ -31,7 +42,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            holder = _read_holder(fd)
             os.close(fd)
             raise UserError(f"{self.path.parent}: run folder in use by {holder}; wait for that run to "
                             "finish (or stop it), or use another --out") from None
