@@ -54,6 +54,14 @@ def test_malformed_jsonl_task(tmp_path, capsys, tiny_model_dir):
     assert code == 2 and err[-1].startswith(f"error: {f}:2: malformed JSON")
 
 
+def test_one_set_takes_several_overrides(capsys):
+    code, err = run(capsys, "validate", "default", "--set", "stages.0.limit=7", "stages.0.batch_size=3", "--set",
+                    "stages.0.k=many")
+    assert code == 2 and err[-1] == "error: --set stages.0.k: stages[0].k: expected integer, got 'many'"
+    code, err = run(capsys, "validate", "default", "--set", "stages.0.limit=7", "stages.0.k=x")
+    assert code == 2 and err[-1] == "error: --set stages.0.k: stages[0].k: expected integer, got 'x'"
+
+
 def test_bad_override(capsys):
     code, err = run(capsys, "validate", "default", "--set", "stages.0.k=many")
     assert code == 2 and err[-1] == "error: --set stages.0.k: stages[0].k: expected integer, got 'many'"

@@ -31,20 +31,20 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe (default: the packaged default recipe)")
     run.add_argument("recipe", nargs="?", default=None, help="recipe YAML (default: packaged default)")
     run.add_argument("--out", default=None, help="run folder (default: runs/<recipe>-<time>); reuse to resume")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a recipe field, e.g. stages.1.optim.lr=2e-5")
+    run.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                     help="override recipe fields, e.g. --set stages.1.optim.lr=2e-5 stages.1.epochs=2")
     run.add_argument("--no-progress", action="store_true")
 
     val = sub.add_parser("validate", help="check a recipe without running it")
     val.add_argument("recipe")
-    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
 
     for kind in stage_kinds():
         s = sub.add_parser(kind, help=f"run one {kind} stage: {get_stage(kind).help}")
         s.add_argument("--model", default="default", help="default | HF folder | .gguf | hub id")
         s.add_argument("--task", default="gsm8k", help=" | ".join(_task_specs()))
         s.add_argument("--out", default=None, help="run folder")
-        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+        s.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override a field of the one-stage recipe, e.g. stages.0.optim.lr=1e-5")
         s.add_argument("--no-progress", action="store_true")
         if kind == "eval":
