@@ -49,3 +49,26 @@ def test_shared_prompts_give_the_same_logprobs_and_gradients(tiny_model_dir):
     torch.testing.assert_close(logp_shared, logp_plain, atol=1e-5, rtol=1e-5)
     for name, grad in grads_plain.items():
         torch.testing.assert_close(grads_shared[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir):
+    # The packed attention's gather indices reach each decoder layer as keyword arguments; the
+    # recomputation in backward must see them too, or the gradients would differ.
+    from reasonloop.config import ModelConfig
+    from reasonloop.models import load_trainable
+
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (9, 12, 5)]
+    batch = pack_sequences(seqs, [4, 6, 2])
+    results = {}
+    for checkpointing in (False, True):
+        model, _ = load_trainable(str(tiny_model_dir), ModelConfig(dtype="fp32", gradient_checkpointing=checkpointing))
+        assert model.is_gradient_checkpointing == checkpointing and model.training
+        results[checkpointing] = _logits_and_grads(model, batch)
+        with torch.no_grad():  # a plain forward (no packed batch) still runs: the packed attention falls back to SDPA
+            results[checkpointing] += (model.eval()(torch.tensor([seqs[1]])).logits,)
+    torch.testing.assert_close(results[True][0], results[False][0], atol=0, rtol=0)
+    torch.testing.assert_close(results[True][2], results[False][2], atol=1e-6, rtol=1e-6)
+    assert results[True][1].keys() == results[False][1].keys()
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, atol=1e-6, rtol=1e-5, msg=name)

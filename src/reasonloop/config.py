@@ -46,6 +46,10 @@ class ModelConfig(Strict):
     variable REASONLOOP_AUTO_DTYPE=bf16|fp32 overrides that detection. Pin fp32 for results equal on any CPU."""
     lora: LoraConfig | None = None
     """Train LoRA adapters instead of all weights (peft)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (Hugging Face's
+    `gradient_checkpointing_enable`, non-reentrant): training activations shrink to one layer's worth plus
+    each layer's input, for about one more forward pass of compute per update."""
 
 
 # --------------------------------------------------------------------------- task

@@ -224,6 +224,18 @@ def load_model(path: str, dtype: str = "auto", device: torch.device | str | None
     return track(model, f"model {path}"), tok
 
 
+def load_trainable(path: str, model_cfg):
+    """(model, tokenizer) to train, as the recipe's `model:` section (a ModelConfig) says: fp32 master
+    weights, LoRA adapters if asked, gradient checkpointing if asked."""
+    model, tok = load_model(path, dtype=model_cfg.dtype, lora=model_cfg.lora, trainable=True)
+    if model_cfg.gradient_checkpointing:
+        from reasonloop.packing import keep_packed_attention
+
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        keep_packed_attention(model)
+    return model, tok
+
+
 def add_lora(model, lora):
     from peft import LoraConfig as PeftLora
     from peft import get_peft_model

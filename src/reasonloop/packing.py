@@ -107,8 +107,14 @@ def plan_microbatches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                      scaling: float | None = None, **kwargs):
-    """Per-sequence causal attention over a packed row. query [1, Hq, N, d]; key/value [1, Hkv, N, d]."""
-    pack: PackedBatch = kwargs["packed"]
+    """Per-sequence causal attention over a packed row. query [1, Hq, N, d]; key/value [1, Hkv, N, d].
+    A forward without a packed batch (generation, a plain `model(...)` call) gets PyTorch SDPA as usual."""
+    pack: PackedBatch | None = kwargs.get("packed")
+    if pack is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
     S, L = pack.num_seqs, pack.max_len
 
     def padded(x):  # [1, H, N, d] -> [S, H, L, d]; a shared prompt token appears in several rows
@@ -133,6 +139,13 @@ def _register() -> None:
 
 
 _register()
+
+
+def keep_packed_attention(model) -> None:
+    """Leave the model on the packed attention for good (it falls back to SDPA without a packed batch).
+    Gradient checkpointing needs this: it recomputes each layer during backward, after
+    `packed_attention_mode` has switched the attention back. The setting is not saved with the model."""
+    unwrap(model).config._attn_implementation = ATTN_NAME
 
 
 @contextlib.contextmanager

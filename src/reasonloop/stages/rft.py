@@ -193,7 +193,7 @@ class _RoundStore:
 
 def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, out: Path, offset: int) -> dict:
     """Fine-tune `init_ref` on the kept rows with the SFT loop; resume or skip what is done."""
-    from reasonloop.models import load_model, save_hf_folder
+    from reasonloop.models import load_model, load_trainable, save_hf_folder
     from reasonloop.stages.sft import SftTrainer
     from reasonloop.stages.sft_data import examples_from_pairs
 
@@ -205,7 +205,7 @@ def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, o
     if not kept:
         raise UserError(f"{name}: round {r} kept no solutions to train on (no correct samples and no gold "
                         "solutions); raise k or budget, or set include_gold with a task that has gold reasoning")
-    model, tok = load_model(init_ref, dtype=ctx.recipe.model.dtype, lora=ctx.recipe.model.lora, trainable=True)
+    model, tok = load_trainable(init_ref, ctx.recipe.model)
     examples = examples_from_pairs(tok, [(k["problem_id"], k["prompt"], k["response"]) for k in kept],
                                    cfg.train.max_length)
     ref_model = None

@@ -26,14 +26,14 @@ def run(ctx, cfg, name: str) -> dict:
 
     from reasonloop.curriculum import estimate_difficulty, make_curriculum
     from reasonloop.generate import make_engine
-    from reasonloop.models import load_model, save_hf_folder
+    from reasonloop.models import load_model, load_trainable, save_hf_folder
     from reasonloop.stages.evaluate import periodic_eval
     from reasonloop.verify.rewards import build_reward
 
     recipe, task_cfg = ctx.recipe, ctx.recipe.task
     index = recipe.stage_names().index(name)
     model_ref = ctx.resolve_model(cfg.init_from)
-    policy, tok = load_model(model_ref, dtype=recipe.model.dtype, lora=recipe.model.lora, trainable=True)
+    policy, tok = load_trainable(model_ref, recipe.model)
     ref_model = None
     if cfg.kl_coef > 0 and recipe.model.lora is None:
         ref_model, _ = load_model(_reference_ref(ctx, cfg), dtype=recipe.model.dtype)

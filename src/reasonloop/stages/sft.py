@@ -234,12 +234,11 @@ class SftTrainer:
 
 def run(ctx, cfg, name: str) -> dict:
     """Pipeline entry: fine-tune the current model on the task's gold reasoning (or a JSONL)."""
-    from reasonloop.models import load_model, save_hf_folder
+    from reasonloop.models import load_model, load_trainable, save_hf_folder
     from reasonloop.stages.sft_data import examples_from_pairs, gold_pairs, jsonl_pairs
 
     model_ref = ctx.resolve_model(cfg.init_from)
-    model, tok = load_model(model_ref, dtype=ctx.recipe.model.dtype, lora=ctx.recipe.model.lora,
-                            trainable=True)
+    model, tok = load_trainable(model_ref, ctx.recipe.model)
     task_cfg = ctx.recipe.task
     train = train_subset(ctx.task.train, cfg)
     pairs = jsonl_pairs(tok, cfg.data_path, task_cfg) if cfg.data == "jsonl" else gold_pairs(tok, train, task_cfg)
