@@ -81,3 +81,12 @@ def test_eval_on_tiny_model_writes_run_folder(tmp_path, capsys, tiny_model_dir):
     assert (out / "store.sqlite").is_file() and (out / "report.html").is_file()
     printed = capsys.readouterr().out
     assert "top-1" in printed and "maj@k" in printed
+
+
+def test_end_of_run_table_keeps_long_stage_names_and_kinds_apart(capsys):
+    from reasonloop.cli import _print_table
+
+    _print_table({"stages": [{"name": "a_long_verifier_stage", "kind": "verifier", "seconds": 3.0}]})
+    header, row = capsys.readouterr().out.strip().splitlines()[:2]
+    assert row.split()[:2] == ["a_long_verifier_stage", "verifier"]
+    assert header.index("kind") == row.index(" verifier ") + 1  # the kind sits under its header

@@ -86,7 +86,9 @@ def _print_table(summary: dict) -> None:
     from reasonloop.memory import peak_text
     from reasonloop.runs.compare import SIGNIFICANCE, delta_text, verdict
 
-    print(f"\n{'stage':<12}{'kind':<6}{'top-1 [95% CI]':<24}{'vs previous eval [95% CI]':<28}{'won/lost':<10}"
+    name_w = max(12, *(len(s["name"]) + 2 for s in summary["stages"]))  # long names must not run into the next column
+    kind_w = max(6, *(len(s["kind"]) + 2 for s in summary["stages"]))
+    print(f"\n{'stage':<{name_w}}{'kind':<{kind_w}}{'top-1 [95% CI]':<24}{'vs previous eval [95% CI]':<28}{'won/lost':<10}"
           f"{'p':<9}{'verdict':<17}{'sampled':<9}{'maj@k':<9}{'pass@k':<9}{'tokens':<8}{'time':>8}  {'peak MB':<8}")
     for s in summary["stages"]:
         # one row per measurement: a training stage's entry repeats the next eval's numbers; show them once
@@ -97,7 +99,7 @@ def _print_table(summary: dict) -> None:
             if pr else ("-", "-", "-", "")
         rate = lambda key: f"{ev[key]:.3f}" if ev.get(key) is not None else "-"  # noqa: E731
         tok = f"{ev['mean_tokens']:.0f}" if ev else "-"
-        print(f"{s['name']:<12}{s['kind']:<6}{top1:<24}{delta:<28}{won:<10}{p:<9}{word:<17}{rate('sampled_acc'):<9}"
+        print(f"{s['name']:<{name_w}}{s['kind']:<{kind_w}}{top1:<24}{delta:<28}{won:<10}{p:<9}{word:<17}{rate('sampled_acc'):<9}"
               f"{rate('maj_k'):<9}{rate('pass_k'):<9}{tok:<8}{s['seconds']:>7.0f}s  {peak_text(s):<8}")
     print(f"vs previous eval: greedy top-1 paired by problem (Newcombe interval); p: exact McNemar test on the "
           f"problems won/lost; a stage raises accuracy when p < {SIGNIFICANCE}. sampled: pass@1 at the sampling "
