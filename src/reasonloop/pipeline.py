@@ -132,7 +132,9 @@ def _summary_entries(ctx: RunContext) -> list[dict]:
         entry.update(ctx.store.stage_memory(row["name"]))
         if row["kind"] == "eval" and "top1" in result:
             entry["eval"] = _eval_brief(result)
-        elif i + 1 < len(rows) and rows[i + 1]["kind"] == "eval" and rows[i + 1]["result"]:
+        elif "model" in result and i + 1 < len(rows) and rows[i + 1]["kind"] == "eval" and rows[i + 1]["result"]:
+            # the eval right after a stage that trained the model measures that model; a stage that made
+            # no new model (a verifier) gets no eval numbers that were not its own
             entry["eval"] = _eval_brief(rows[i + 1]["result"])
         entries.append(entry)
     return entries

@@ -145,6 +145,7 @@ def test_pipeline_trains_a_verifier_then_reranks_and_rewards_with_it(digit_dir, 
     ver, ev, rl = summary["stages"]
     assert ver["samples"] == 24 and ver["heldout_questions"] == 2 and ver["train_questions"] == 4
     assert 0 < ver["sample_accuracy"] < 1 and ver["heldout"]["n"] == 8 and "model" not in ver
+    assert "eval" not in ver  # the eval after it measured the policy, not the verifier
     assert AutoModelForSequenceClassification.from_pretrained(run_dir / ver["verifier"]).config.num_labels == 1
     # The verifier did not become the current model: eval and RL went on from the policy.
     assert ev["evaluated_model"] == str(digit_dir)
