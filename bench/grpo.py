@@ -2,7 +2,10 @@
 
 The default model in fp32, the same 4 GSM8K training prompts every step (reasonloop's chat prompt), G=4
 samples each at temperature 1.0, at most 128 new tokens, lr 1e-6 (constant), no KL term (so no reference
-model), one optimizer step per rollout batch, the same correctness reward. TRL runs on its fastest CPU
+model), one optimizer step per rollout batch, the same reward: a hash of each completion's text
+(bench/bench_rewards.py), so every group has variance and both sides update every step (the base model
+solves none of these, and a flat group is skipped by reasonloop but not by TRL). A run in which
+reasonloop skipped an update prints no ratio. TRL runs on its fastest CPU
 settings: no vLLM, no gradient checkpointing, fp32, one generation per optimizer step (no old-logprob pass).
 After one warm-up step, reports seconds per step and generated (completion) tokens/s end to end, i.e. over
 the whole step: sampling, reward, policy update, weight refresh; and each side's peak resident memory (each
@@ -36,6 +39,7 @@ from reasonloop.verify.rewards import build_reward
 from apart import run_apart  # bench/apart.py: one side per fresh process, with its peak memory
 
 ROOT = Path(__file__).resolve().parents[1]
+REWARD = ["bench_rewards:text_hash"]  # bench/ is on sys.path, in the spawned sides too
 PROMPTS, G, MAX_NEW, LR, TEMPERATURE, SEED = 4, 4, 128, 1e-6, 1.0, 0
 TRL, OURS = "trl GRPOTrainer fp32 (hf generate)", "reasonloop GRPO fp32 (torch engine)"
 
@@ -50,6 +54,10 @@ class StepClock:
     def log_metrics(self, stage: str, step: int, metrics: dict) -> None:
         self.stamps.append(now())
         self.metrics.append(dict(metrics))
+
+    def truncate_after(self, stage: str, step: int) -> None:
+        """Resume drops rows past the restored step; a bench run starts at step 0 with none."""
+        self.stamps, self.metrics = self.stamps[:step], self.metrics[:step]
 
 
 def now() -> tuple[float, float]:
@@ -76,7 +84,7 @@ def summarise(start: tuple[float, float], stamps: list[tuple[float, float]], tok
 def run_ours(problems, task_cfg, steps: int) -> dict:
     policy, tok = load_model("default", dtype="fp32", trainable=True)
     cfg = RlStage(kind="rl", algorithm="grpo", steps=steps, prompts_per_step=PROMPTS, group_size=G,
-                  decoding=Decoding(temperature=TEMPERATURE, max_new_tokens=MAX_NEW), kl_coef=0.0,
+                  decoding=Decoding(temperature=TEMPERATURE, max_new_tokens=MAX_NEW), kl_coef=0.0, reward=REWARD,
                   optim=OptimConfig(lr=LR, schedule="constant"), save_every=10_000, seed=SEED)
     reward_fn = build_reward(cfg.reward, None, task_cfg)
     engine = make_engine(policy, tok, kind="torch", max_batch=PROMPTS * G, progress=False)
@@ -85,8 +93,9 @@ def run_ours(problems, task_cfg, steps: int) -> dict:
     start = now()
     train_rl(loop, progress=False)
     m = clock.metrics
-    return summarise(start, clock.stamps, [round(x["response_tokens"] * x["samples"]) for x in m],
-                     [x["gen_seconds"] for x in m], [x["reward_mean"] for x in m])
+    out = summarise(start, clock.stamps, [round(x["response_tokens"] * x["samples"]) for x in m],
+                    [x["gen_seconds"] for x in m], [x["reward_mean"] for x in m])
+    return {**out, "skipped_updates": sum(1 for x in m if not x.get("trained_samples"))}
 
 
 def run_trl(problems, task_cfg, steps: int) -> dict:
@@ -95,7 +104,7 @@ def run_trl(problems, task_cfg, steps: int) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     policy, tok = load_model("default", dtype="fp32", trainable=True)
-    reward_fn = build_reward(["correct"], None, task_cfg)
+    reward_fn = build_reward(REWARD, None, task_cfg)
     texts = [prompt_text(tok, p.question, task_cfg.prompt, task_cfg.answer_format) for p in problems]
     # TRL tokenizes plain-text prompts itself; they must be the very ids reasonloop samples from.
     if [tok(t)["input_ids"] for t in texts] != [encode_prompt(tok, t) for t in texts]:
@@ -103,7 +112,7 @@ def run_trl(problems, task_cfg, steps: int) -> dict:
     tokens: list[int] = []
     rewards: list[float] = []
 
-    def correct(prompts, completions, completion_ids, idx, **_):  # TRL's reward_funcs signature
+    def hashed(prompts, completions, completion_ids, idx, **_):  # TRL's reward_funcs signature
         tokens.append(sum(len(c) for c in completion_ids))
         out = reward_fn(completions, [problems[i] for i in idx])
         rewards.append(sum(out) / len(out))
@@ -140,7 +149,7 @@ def run_trl(problems, task_cfg, steps: int) -> dict:
                      activation_checkpointing=False, logging_steps=10_000, save_strategy="no", report_to=[],
                      dataloader_num_workers=0, disable_tqdm=True, seed=SEED)
     ds = Dataset.from_list([{"prompt": t, "idx": i} for i, t in enumerate(texts)])
-    trainer = Timed(model=policy, reward_funcs=[correct], args=cfg, train_dataset=ds, processing_class=tok,
+    trainer = Timed(model=policy, reward_funcs=[hashed], args=cfg, train_dataset=ds, processing_class=tok,
                     callbacks=[Clock()])
     trainer.train()
     return summarise(begin[0], stamps, tokens, gen_seconds, rewards)
@@ -155,8 +164,8 @@ def main() -> None:
     measured = args.steps or (1 if args.quick else 5)
     task_cfg = TaskConfig()
     problems = load_task(task_cfg).train[:PROMPTS]
-    rows = {TRL: run_apart(run_trl, problems, task_cfg, 1 + measured),
-            OURS: run_apart(run_ours, problems, task_cfg, 1 + measured)}
+    rows = {OURS: run_apart(run_ours, problems, task_cfg, 1 + measured),
+            TRL: run_apart(run_trl, problems, task_cfg, 1 + measured)}
     print(f"\nGRPO on {PROMPTS} GSM8K prompts x G={G}, <= {MAX_NEW} new tokens, lr {LR}, fp32, "
           f"{torch.get_num_threads()} threads; 1 warm-up + {measured} measured steps per side")
     print(f"{'run':<38}{'s/step':>8}{'cpu s':>8}{'gen s':>8}{'tok/s':>8}{'mean len':>10}{'reward':>8}{'peak MB':>9}")
@@ -175,8 +184,14 @@ def main() -> None:
                   runs=rows, ratio=trl / ours, tokens_per_s_ratio=tok_ratio,
                   memory_ratio=rows[OURS]["peak_rss_mb"] / rows[TRL]["peak_rss_mb"])  # < 1: we use less
     print(f"peak resident memory, ours / TRL: {result['memory_ratio']:.2f}")
+    skipped = rows[OURS]["skipped_updates"]
+    if skipped:  # the two sides did different work: no ratio
+        result.update(ratio=None, tokens_per_s_ratio=None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if skipped:
+        raise SystemExit(f"reasonloop skipped {skipped} update(s) (groups without reward variance) while TRL "
+                         "ran every one: no ratio")
     print(f"ratio={trl / ours:.2f}")
 
 

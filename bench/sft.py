@@ -4,7 +4,8 @@ The default model, the same GSM8K training examples (chat prompt + gold solution
 solution only), the same sequence budget (max length 256) and the same number of examples per
 optimizer step. Reports train tokens/s (non-padding tokens) and model FLOPs utilisation against the
 matmul peak measured in the same run, and the peak resident memory of each side (each runs in its own
-process: bench/apart.py). Writes bench/results/sft.json; the last line is ratio=<ours/TRL>.
+process: bench/apart.py). Neither side recomputes activations (TRL's default does; ours is off by
+default), so both do the same work and keep the same activations. Writes bench/results/sft.json; the last line is ratio=<ours/TRL>.
 
     python bench/sft.py            # 256 examples
     python bench/sft.py --quick    # 32 examples, under 5 minutes
@@ -40,7 +41,8 @@ def run_trl(pairs, batch, max_length, bf16: bool, packing: bool) -> dict:
     cfg = SFTConfig(output_dir="/tmp/rl_bench_trl", per_device_train_batch_size=batch, num_train_epochs=1,
                     max_length=max_length, learning_rate=1e-5, logging_steps=1000, save_strategy="no",
                     report_to=[], bf16=bf16, use_cpu=True, packing=packing, completion_only_loss=True,
-                    dataloader_num_workers=0, disable_tqdm=True, seed=0)
+                    dataloader_num_workers=0, disable_tqdm=True, seed=0,
+                    activation_checkpointing=False)  # TRL's default recomputes layers; neither side does here
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
     tokens = sum(min(len(x["input_ids"]), max_length) for x in trainer.train_dataset)
     t = time.perf_counter()
