@@ -183,3 +183,25 @@ def test_the_lifetime_check_catches_an_engine_cache(tmp_path, tiny_model_dir, mo
     left, _ = _run_checked(monkeypatch, _toy_recipe(tmp_path, tiny_model_dir, stages), tmp_path / "run")
     assert sorted(left["base"]) == ["model " + str(tiny_model_dir), "torch engine"]
     assert "still alive after the stage ended" in caplog.text
+
+
+@pytest.mark.e2e
+def test_rl_decodes_at_most_batch_size_sequences_at_once(tmp_path, tiny_model_dir, monkeypatch):
+    """An rl stage's `batch_size` bounds its engine's KV-cache slots (beside the model and its optimizer
+    state, the stage's largest allocation); unset, all of a step's prompts x G decode at once."""
+    import reasonloop.generate as generate
+    from reasonloop.pipeline import run_pipeline
+
+    built, real = [], generate.make_engine
+
+    def recording(*args, **kw):
+        built.append(kw["max_batch"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(generate, "make_engine", recording)
+    step = {"kind": "rl", "steps": 1, "prompts_per_step": 2, "group_size": 4, "decoding": {"max_new_tokens": 4},
+            "optim": {"lr": 1e-3}}
+    stages = [{**step, "name": "capped", "batch_size": 3}, {**step, "name": "whole_step"}]
+    run_pipeline(_toy_recipe(tmp_path, tiny_model_dir, stages), tmp_path / "run", progress=False)
+    assert built == [3, 8]
+

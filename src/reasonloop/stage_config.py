@@ -259,6 +259,10 @@ class RlStage(StageBase):
     """Distinct prompts per rollout step."""
     group_size: int = Field(4, ge=1)
     """Samples per prompt (G)."""
+    batch_size: int | None = Field(None, ge=1)
+    """Sequences decoded at once, i.e. KV-cache slots (null: all of a step's prompts_per_step x group_size).
+    Lower bounds the cache, which sits beside the model and its optimizer state: ~46 kB per token for
+    SmolLM2-135M in fp32, ~1 GB for 256 sequences of 90 tokens."""
     decoding: Decoding = Decoding(temperature=1.0)
     """Sampling settings for this stage."""
     reward: list[str] = ["correct"]

@@ -56,8 +56,8 @@ def run(ctx, cfg, name: str) -> dict:
 
     rewards = [resolve_verifier_reward(ctx, n) for n in cfg.reward]  # `verifier:<stage>` -> its folder
     reward_fn = build_reward(rewards, cfg.reward_weights, task_cfg, where=f"stages[{index}].reward")
-    engine = make_engine(policy, tok, kind=recipe.run.engine, max_batch=cfg.prompts_per_step * cfg.group_size,
-                         dtype=recipe.model.dtype, progress=False)
+    slots = cfg.batch_size or cfg.prompts_per_step * cfg.group_size
+    engine = make_engine(policy, tok, kind=recipe.run.engine, max_batch=slots, dtype=recipe.model.dtype, progress=False)
     loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn,
                   ref_model=ref_model, value_head=value_head, curriculum=curriculum, store=ctx.store, stage=name,
                   ckpt_dir=ctx.stage_dir(name) / "checkpoint", dtype=recipe.model.dtype)
