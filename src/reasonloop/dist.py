@@ -162,3 +162,17 @@ def all_gather_object(obj) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def interleave(parts: list[list]) -> list:
+    """Undo a strided split: ``parts[r]`` holds items r, r + N, r + 2N, ... of a list split over N ranks
+    (``items[r::N]``); return the list in its original order."""
+    out = []
+    for k in range(max((len(p) for p in parts), default=0)):
+        out.extend(p[k] for p in parts if k < len(p))
+    return out
+
+
+def gather_strided(local: list) -> list:
+    """Every rank's strided share (``items[rank::world]``) back into the whole list, on every rank."""
+    return interleave(all_gather_object(local)) if active() else list(local)

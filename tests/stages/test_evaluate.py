@@ -37,7 +37,7 @@ class ScriptedEngine:
     def __init__(self, greedy: list[str], sampled: list[list[str]]):
         self.greedy, self.sampled = greedy, sampled
 
-    def generate(self, prompts, params, progress=True):
+    def generate(self, prompts, params, progress=True, keys=None):
         from reasonloop.generate.base import Sample
 
         script = [[g] for g in self.greedy] if params.temperature == 0 else self.sampled

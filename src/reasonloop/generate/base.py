@@ -36,9 +36,12 @@ class Sample:
 
 class Engine(Protocol):
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams, progress: bool = True
+        self, prompts: list[list[int]], params: SamplingParams, progress: bool = True,
+        keys: list[list[int]] | None = None,
     ) -> list[list[Sample]]:
-        """For each prompt (token ids), ``params.n`` samples, in prompt order."""
+        """For each prompt (token ids), ``params.n`` samples, in prompt order. ``keys[i][j]`` seeds sample j
+        of prompt i on its own (``sampling.prompt_seed``; default: from the prompt's ids and
+        ``params.seed``), so a sample does not depend on the rest of the batch."""
         ...
 
     def update_weights(self, model) -> None:

@@ -27,9 +27,24 @@ class Seq:
     prompt_index: int
     sample_index: int
     pos: int  # tokens already in the KV cache (prompt + generated, minus the last sampled token)
+    key: int = 0  # this sample's random stream (sampling.prompt_seed); its token t draws step_uniforms(key, t)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: FinishReason | None = None
+
+
+def draw(seqs: list[Seq], logits, params: SamplingParams, finisher: "Finisher") -> None:
+    """Sample each sequence's next token from its row of ``logits`` [B, V] with its own stream, append it
+    and its log-prob, and check whether the sequence has finished."""
+    from reasonloop.generate.sampling import sample_tokens, step_uniforms
+
+    uniforms = None if params.temperature == 0 else step_uniforms([s.key for s in seqs],
+                                                                  [len(s.tokens) for s in seqs])
+    new, logp = sample_tokens(logits, params, uniforms)
+    for seq, tok, lp in zip(seqs, new.tolist(), logp.tolist()):
+        seq.tokens.append(tok)
+        seq.logprobs.append(lp)
+        finisher.check(seq)
 
 
 class Finisher:

@@ -11,20 +11,18 @@ import inspect
 
 import torch
 
-from reasonloop.generate.bookkeeping import Seq
-from reasonloop.generate.sampling import sample_tokens
+from reasonloop.generate.bookkeeping import Seq, draw
 
 
-def generate_waves(model, prompts, params, max_batch, finisher, generator, bar, device) -> list:
+def generate_waves(model, prompts, params, max_batch, finisher, keys, bar, device) -> list:
     work = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
     done: list = []
     was_training = model.training
     model.eval()  # no dropout while sampling
     try:
         for start in range(0, len(work), max_batch):
-            seqs = [Seq(i, j, pos=len(prompts[i])) for i, j in work[start:start + max_batch]]
-            done += _wave(model, [prompts[s.prompt_index] for s in seqs], seqs, params, finisher,
-                          generator, bar, device)
+            seqs = [Seq(i, j, pos=len(prompts[i]), key=keys[i][j]) for i, j in work[start:start + max_batch]]
+            done += _wave(model, [prompts[s.prompt_index] for s in seqs], seqs, params, finisher, bar, device)
     finally:
         model.train(was_training)
     return done
@@ -43,7 +41,7 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _wave(model, prompts, seqs, params, finisher, generator, bar, device) -> list:
+def _wave(model, prompts, seqs, params, finisher, bar, device) -> list:
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)  # [W, T], left-padded
     mask = torch.zeros_like(ids)
@@ -55,11 +53,8 @@ def _wave(model, prompts, seqs, params, finisher, generator, bar, device) -> lis
     cache, logits = _cache_of(out), out.logits[:, -1]  # [W, V]
     live, done = list(seqs), []
     while True:
-        new, logp = sample_tokens(logits, params, generator)  # [B]
-        for seq, tok, lp in zip(live, new.tolist(), logp.tolist()):
-            seq.tokens.append(tok)
-            seq.logprobs.append(lp)
-            finisher.check(seq)
+        draw(live, logits, params, finisher)
+        new = torch.tensor([s.tokens[-1] for s in live], device=device)  # [B]
         keep = [row for row, seq in enumerate(live) if seq.finish is None]
         for seq in live:
             if seq.finish is not None:

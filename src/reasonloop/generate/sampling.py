@@ -5,10 +5,21 @@ top-k keeps the k most likely tokens; top-p keeps the smallest set whose probabi
 (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration"); min-p keeps tokens whose
 probability is at least ``min_p`` times the top token's (Nguyen et al. 2024, "Turning Up the Heat:
 Min-p Sampling for Creative and Coherent LLM Outputs").
+
+Seeding: every (prompt, sample) has its own 64-bit key (``prompt_seed``), and the token a row draws at
+step t comes from a uniform that depends on (key, t) alone (``step_uniforms``), turned into a token by
+inverse-CDF sampling. So a sample does not depend on which other rows share its batch, how many
+prompts a call holds, or which process draws it: batch 16 and 64, 1 process and N draw the same
+samples for the same seed (up to the rounding of the logits themselves, which fp32 keeps far below the
+width of any token's slice of [0, 1)).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from reasonloop.errors import UserError
@@ -59,9 +70,60 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
     return out
 
 
+def prompt_seed(seed: int, prompt: str | Sequence[int], sample_index: int) -> int:
+    """The 64-bit key of sample ``sample_index`` of ``prompt`` (text, or token ids) under ``seed``.
+
+    A hash (BLAKE2b), not Python's ``hash``: it is the same in every process and every run.
+    """
+    if not isinstance(seed, int) or not isinstance(sample_index, int) or sample_index < 0:
+        raise UserError(f"prompt_seed: expected an int seed and sample index >= 0, got {seed!r}, {sample_index!r}")
+    body = prompt.encode() if isinstance(prompt, str) else b"ids:" + ",".join(map(str, prompt)).encode()
+    digest = hashlib.blake2b(f"{seed}|{sample_index}|".encode() + body, digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def default_keys(prompts: list, params: SamplingParams) -> list[list[int]]:
+    """Keys [prompts][n] from each prompt's own content and ``params.seed``: what ``generate`` uses
+    when the caller passes none."""
+    return [[prompt_seed(params.seed, p, j) for j in range(params.n)] for p in prompts]
+
+
+def check_keys(keys: list[list[int]], n_prompts: int, n: int) -> None:
+    """Raise UserError unless ``keys`` holds ``n`` 64-bit ints for each of ``n_prompts`` prompts."""
+    if len(keys) != n_prompts or any(len(row) != n for row in keys):
+        raise UserError(f"generate keys: expected {n} keys for each of {n_prompts} prompts, got lengths "
+                        f"{[len(row) for row in keys][:8]}")
+    if any(not isinstance(k, int) or not 0 <= k < 2 ** 64 for row in keys for k in row):
+        raise UserError("generate keys: expected ints in [0, 2**64)")
+
+
+_GAMMA, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def step_uniforms(keys: Sequence[int], steps: Sequence[int]) -> torch.Tensor:
+    """One uniform in [0, 1) per row from (key, step) alone: [B] float64.
+
+    Counter-based: the SplitMix64 output (Steele et al. 2014, "Fast Splittable Pseudorandom Number
+    Generators") at position ``step + 1`` of the stream seeded with ``key``; no state to carry, so a
+    row's draw is the same whatever else is in the batch.
+    """
+    k = np.asarray(keys, dtype=np.uint64)
+    t = np.asarray(steps, dtype=np.uint64) + np.uint64(1)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64, as SplitMix64 intends
+        z = k + t * _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53)  # 53 bits -> [0, 1)
+
+
 def sample_tokens(logits: torch.Tensor, params: SamplingParams,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  uniforms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row of ``logits`` [B, V]; return (tokens [B], logprobs [B]).
+
+    ``uniforms`` [B] (``step_uniforms``) pick the tokens by inverse CDF over the filtered distribution:
+    row b takes the first token whose cumulative probability exceeds ``uniforms[b]``. Unused (may be
+    None) when greedy.
 
     Log-probs are of the chosen token under log_softmax(logits / T) -- the temperature-scaled
     distribution *before* top-k/top-p/min-p truncation, which is what a teacher-forced forward at
@@ -75,8 +137,12 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams,
     scaled = logits / params.temperature  # [B, V]
     logp = torch.log_softmax(scaled, dim=-1)
     kept = filter_logits(scaled, params.top_k, params.top_p, params.min_p)
-    probs = kept.softmax(-1)  # [B, V]
-    # Exponential race (Gumbel-max with exp noise): argmax p / E is a draw from p, one kernel, no sort.
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    tokens = (probs / noise).argmax(-1)  # [B]
+    if uniforms is None or uniforms.shape != logits.shape[:1]:
+        raise UserError(f"sample_tokens: expected one uniform per row ({logits.shape[0]}), got "
+                        f"{None if uniforms is None else tuple(uniforms.shape)}")
+    # Float64 CDF: its rounding stays far below any token's probability, so a token's slice of [0, 1) is
+    # where its probability puts it. A filtered token has probability 0, an empty slice: never drawn.
+    cdf = kept.softmax(-1).double().cumsum(-1)  # [B, V]
+    target = uniforms.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:]  # [B, 1], < the row's total
+    tokens = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)  # [B]
     return tokens, logp.gather(-1, tokens[:, None])[:, 0]

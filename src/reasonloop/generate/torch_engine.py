@@ -15,9 +15,9 @@ import torch
 
 from reasonloop.errors import UserError
 from reasonloop.generate.base import Sample, SamplingParams
-from reasonloop.generate.bookkeeping import Finisher, Progress, Seq, eos_ids
+from reasonloop.generate.bookkeeping import Finisher, Progress, Seq, draw, eos_ids
 from reasonloop.generate.llama_fast import LlamaFast, supports_fast_path
-from reasonloop.generate.sampling import check_params, sample_tokens
+from reasonloop.generate.sampling import check_keys, check_params, default_keys
 
 
 def common_prefix_len(prompts: list[list[int]]) -> int:
@@ -53,26 +53,29 @@ class TorchEngine:
             with torch.no_grad():
                 self.fast.load(model)
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams,
-                 progress: bool | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, progress: bool | None = None,
+                 keys: list[list[int]] | None = None) -> list[list[Sample]]:
+        """``keys[i][j]``: the random stream of sample j of prompt i (``sampling.prompt_seed``); by default
+        derived from the prompt's token ids and ``params.seed``."""
         check_params(params)
         if any(len(p) == 0 for p in prompts):
             raise UserError("generate: empty prompt (no token ids)")
+        keys = default_keys(prompts, params) if keys is None else keys
+        check_keys(keys, len(prompts), params.n)
         show = self.progress if progress is None else progress
         if not prompts:
             return []
         finisher = Finisher(self.tokenizer, self.eos, params)
         bar = Progress(len(prompts) * params.n, show)
-        generator = torch.Generator(device=self.device).manual_seed(params.seed)
         try:
             with torch.inference_mode():
                 if self.fast is None:
                     from reasonloop.generate.hf_path import generate_waves
 
-                    done = generate_waves(self.model, prompts, params, self.max_batch, finisher,
-                                          generator, bar, self.device)
+                    done = generate_waves(self.model, prompts, params, self.max_batch, finisher, keys, bar,
+                                          self.device)
                 else:
-                    done = self._generate_fast(prompts, params, finisher, generator, bar)
+                    done = self._generate_fast(prompts, params, finisher, keys, bar)
         finally:
             bar.close()
             if self.fast is not None:  # between calls the engine holds no KV cache and no weight copies
@@ -84,7 +87,7 @@ class TorchEngine:
         return out
 
     # ------------------------------------------------------------------ fast path
-    def _generate_fast(self, prompts, params, finisher, generator, bar) -> list[Seq]:
+    def _generate_fast(self, prompts, params, finisher, keys, bar) -> list[Seq]:
         fast = self.fast
         if fast.stale():
             fast.load(self.model)
@@ -96,19 +99,16 @@ class TorchEngine:
         active: list[Seq] = []  # active[j] lives in cache slot j
         done: list[Seq] = []
         while active or queue:
-            self._admit(prompts, params, queue, saved, prefix, active, slots, generator, finisher)
+            self._admit(prompts, params, queue, saved, prefix, active, slots, keys, finisher)
             active = self._retire(active, done, bar)
             if not active:
                 continue
             tokens = torch.tensor([s.tokens[-1] for s in active], device=self.device)  # [B]
             pos = torch.tensor([s.pos for s in active], device=self.device)  # [B]
             logits = fast.decode(tokens, pos)  # [B, V]
-            new, logp = sample_tokens(logits, params, generator)
-            for seq, tok, lp in zip(active, new.tolist(), logp.tolist()):
+            for seq in active:
                 seq.pos += 1
-                seq.tokens.append(tok)
-                seq.logprobs.append(lp)
-                finisher.check(seq)
+            draw(active, logits, params, finisher)
             active = self._retire(active, done, bar)
         return done
 
@@ -120,7 +120,7 @@ class TorchEngine:
         self.fast.prefill([prompts[0][:length]], [0])
         return self.fast.snapshot(0, length)
 
-    def _admit(self, prompts, params, queue, saved, prefix, active, slots, generator, finisher) -> None:
+    def _admit(self, prompts, params, queue, saved, prefix, active, slots, keys, finisher) -> None:
         """Fill free slots from the queue; sample each new sequence's first token from its prompt logits.
 
         A prefill forward costs about as much for one prompt as for sixteen (at small batch it is bound
@@ -142,7 +142,7 @@ class TorchEngine:
             elif prefix is not None:
                 fast.restore(prefix, slot)
             placed.append([index, sample, slot, take, logits])
-            active.extend(Seq(index, sample + j, pos=length) for j in range(take))
+            active.extend(Seq(index, sample + j, pos=length, key=keys[index][sample + j]) for j in range(take))
             if sample + take < params.n:  # its remaining samples wait for free slots
                 queue.appendleft((index, sample + take))
         self._prefill(prompts, [p for p in placed if p[4] is None], prefix)
@@ -157,11 +157,7 @@ class TorchEngine:
                 saved.pop(index, None)
             started.extend(active[slot:slot + take])
             first_logits.extend([logits] * take)
-        new, logp = sample_tokens(torch.stack(first_logits), params, generator)
-        for seq, tok, lp in zip(started, new.tolist(), logp.tolist()):
-            seq.tokens.append(tok)
-            seq.logprobs.append(lp)
-            finisher.check(seq)
+        draw(started, torch.stack(first_logits), params, finisher)
 
     def _prefill(self, prompts, placed, prefix, max_tokens: int = 4096) -> None:
         """Batched prefill of the placed prompts' own tokens (after the shared prefix); sets their logits."""

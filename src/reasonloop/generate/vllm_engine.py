@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from reasonloop.generate.base import Sample, SamplingParams
-from reasonloop.generate.sampling import check_params
+from reasonloop.generate.sampling import check_keys, check_params, default_keys
 from reasonloop.generate.bookkeeping import eos_ids
 
 
@@ -66,29 +66,34 @@ class VllmEngine:
         runner.model.load_weights(weights)
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams,
-                 progress: bool | None = None) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, progress: bool | None = None,
+                 keys: list[list[int]] | None = None) -> list[list[Sample]]:
         """Log-probs are vLLM's ``processed_logprobs``: after temperature *and* top-k/top-p/min-p
-        renormalisation (the torch engine reports them before truncation; equal when no filter is on)."""
+        renormalisation (the torch engine reports them before truncation; equal when no filter is on).
+
+        One request per (prompt, sample), each with its own ``seed`` (its key): vLLM then draws each sample
+        from its own generator, whatever else is batched with it (vLLM fans ``n > 1`` out into one request
+        per sample anyway, and prefix caching shares the prompt's KV)."""
         from vllm import SamplingParams as VllmParams
         from vllm.inputs import TokensPrompt
 
         check_params(params)
-        vparams = VllmParams(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                             top_k=params.top_k if params.top_k > 0 else -1, min_p=params.min_p,
-                             max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
-                             stop_token_ids=sorted(self.eos), seed=params.seed, logprobs=0,
-                             skip_special_tokens=True)
+        keys = default_keys(prompts, params) if keys is None else keys
+        check_keys(keys, len(prompts), params.n)
+        base = dict(n=1, temperature=params.temperature, top_p=params.top_p,
+                    top_k=params.top_k if params.top_k > 0 else -1, min_p=params.min_p,
+                    max_tokens=params.max_new_tokens, stop=list(params.stop) or None,
+                    stop_token_ids=sorted(self.eos), logprobs=0, skip_special_tokens=True)
+        requests = [(i, j) for i in range(len(prompts)) for j in range(params.n)]
+        vparams = [VllmParams(seed=keys[i][j] & (2 ** 63 - 1), **base) for i, j in requests]
         show = self.progress if progress is None else progress
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], vparams,
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i, _ in requests], vparams,
                                  use_tqdm=show)
-        result = []
-        for index, out in enumerate(outs):
-            samples = []
-            for comp in out.outputs:
-                ids = list(comp.token_ids)
-                lps = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
-                samples.append(Sample(prompt_index=index, token_ids=ids, logprobs=lps,
-                                      finish_reason=finish_of(comp, self.eos), text=comp.text))
-            result.append(samples)
+        result: list[list[Sample]] = [[] for _ in prompts]
+        for (index, _), out in zip(requests, outs):
+            comp = out.outputs[0]
+            ids = list(comp.token_ids)
+            lps = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
+            result[index].append(Sample(prompt_index=index, token_ids=ids, logprobs=lps,
+                                        finish_reason=finish_of(comp, self.eos), text=comp.text))
         return result

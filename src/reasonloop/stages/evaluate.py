@@ -1,7 +1,9 @@
 """The evaluation stage: greedy top-1, maj@k, unbiased pass@k, sampled accuracy and response length, over
 seeds; each eval after the first is paired, problem by problem, with the eval before it (runs/compare.py).
 
-Decoding settings are stored with every number; every sample goes to the run store.
+Decoding settings are stored with every number; every sample goes to the run store. Under torchrun each
+rank samples its share of the problems and every rank computes the metrics from all of them
+(`rollout.sample_and_judge`), equal to one process's.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from reasonloop.checkpoint import resume_training, save_checkpoint
 from reasonloop.errors import UserError
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
-from reasonloop.stages.rollout import generate_judged, sampling_params
+from reasonloop.stages.rollout import generate_judged, sample_keys, sampling_params
 from reasonloop.stages.rl_batch import (Rollout, completion_mask, curriculum_stats, last_token_scores,
                                         pack_rollout, plan_micro_batches, policy_stats, rollout_metrics,
                                         row_mask)
@@ -90,13 +90,17 @@ class RLLoop:
             self._prompt_cache[i] = encode_prompt(self.tok, text)
         return self._prompt_cache[i]
 
-    def _sample(self, indices: list[int], attempt: int) -> Rollout:
+    def _sample(self, indices: list[int], attempt: int, positions: list[int]) -> Rollout:
+        """G samples of each problem in ``indices``; the one at ``positions[k]`` of the step's global pick
+        is seeded by that position, so 1 and N processes draw the same rollouts (and a problem picked
+        twice in one step draws two different groups)."""
         cfg = self.cfg
         params = sampling_params(cfg.decoding, cfg.group_size,
                                  seed=cfg.seed * 1_000_003 + self.state["step"] * 101 + attempt)
         prompts = [self._prompt_ids(i) for i in indices]
+        keys = sample_keys(params.seed, [f"{g}:{i}" for g, i in zip(positions, indices)], cfg.group_size)
         groups = generate_judged(self.engine, prompts, [self.problems[i] for i in indices], self.task_cfg, params,
-                                 progress=False, seconds=self.seconds)
+                                 progress=False, seconds=self.seconds, keys=keys)
         rows = [(i, p, s, v) for i, p, group in zip(indices, prompts, groups) for s, v in group]
         problems = [self.problems[i] for i, _, _, _ in rows]
         texts = [s.text for _, _, s, _ in rows]
@@ -133,8 +137,9 @@ class RLLoop:
             need = int(dist.all_reduce_max(want - sum(len(p) for p in kept) // G))
             if need <= 0:
                 break
-            picked = self._pick(need * dist.world_size(), attempt)[dist.rank()::dist.world_size()]
-            ro = self._sample(picked, attempt)
+            rank, world = dist.rank(), dist.world_size()
+            picked = self._pick(need * world, attempt)
+            ro = self._sample(picked[rank::world], attempt, list(range(len(picked)))[rank::world])
             sampled.append(ro)
             if cfg.dynamic_sampling and G > 1:
                 flat = zero_variance_groups(ro.rewards, G)
