@@ -17,7 +17,7 @@ from reasonloop.tasks import task_sources
 from reasonloop.tasks.template import check_fields
 from reasonloop.tasks.gym import GymConfig  # noqa: F401  (the task.gym section lives with its source)
 from reasonloop.stage_config import (CurriculumConfig, Decoding, EvalStage, OptimConfig, RftStage, RlStage,  # noqa: F401
-                                     SftStage, StageBase, Strict, VerifierStage, registered)
+                                     SftCurriculum, SftStage, StageBase, Strict, VerifierStage, registered)
 
 Stage = stage_registry.stage_union()  # the registered stage kinds; rebuilt when one is registered
 
