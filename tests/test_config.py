@@ -94,7 +94,7 @@ def test_every_field_has_a_docstring_or_is_self_evident():
     # An sft stage orders its examples; the schedulers steered by rewards are refused when the recipe loads.
     ("stages:\n  - kind: sft\n    curriculum: {scheduler: adarft}\n",
      r"r.yaml:3: stages\[0\].curriculum.scheduler: 'adarft' steers by rewards, which an sft stage does not "
-     r"produce; use none, static or anneal here \(rl stages take the others\)$"),
+     r"produce; use one of none, static, anneal here \(rl stages take the others\)$"),
     ("stages:\n  - kind: sft\n    curriculum: {scheduler: easy}\n",
      r"r.yaml:3: stages\[0\].curriculum.scheduler: expected one of none, static, anneal, got 'easy'$"),
     ("stages:\n  - kind: rft\n    train:\n      curriculum: {scheduler: sec}\n",

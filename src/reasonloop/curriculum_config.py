@@ -63,9 +63,6 @@ class CurriculumConfig(Strict):
         return value
 
 
-SFT_ORDERS = ("none", "static", "anneal")  # what an sft stage's example order can be (curriculum/sft_order.py)
-
-
 class SftCurriculum(Strict):
     """The order of an SFT stage's examples by difficulty (`reasonloop.curriculum.sft_order`). RFT's training
     rounds take it too (`train.curriculum`), where `pass_rate` is the round's own measured pass rate."""
@@ -82,7 +79,10 @@ class SftCurriculum(Strict):
     @classmethod
     def _an_order(cls, value):
         """The reward-steered schedulers need rewards an SFT loop does not produce: say which ones fit."""
+        from reasonloop.curriculum.sft_order import SFT_ORDERS  # the registry of orders; imported on use (cycle)
+
+        names = ["none", *SFT_ORDERS]
         if value in ("adarft", "sec", "signal", "levels"):
-            raise ValueError(f"{value!r} steers by rewards, which an sft stage does not produce; use none, static "
-                             "or anneal here (rl stages take the others)")
-        return registered(value, SFT_ORDERS)
+            raise ValueError(f"{value!r} steers by rewards, which an sft stage does not produce; use one of "
+                             f"{', '.join(names)} here (rl stages take the others)")
+        return registered(value, names)
