@@ -79,6 +79,8 @@ class SftCurriculum(Strict):
     @classmethod
     def _an_order(cls, value):
         """The reward-steered schedulers need rewards an SFT loop does not produce: say which ones fit."""
+        if value == "none":  # the default, validated while stage_config itself is still being imported
+            return value
         from reasonloop.curriculum.sft_order import SFT_ORDERS  # the registry of orders; imported on use (cycle)
 
         names = ["none", *SFT_ORDERS]
