@@ -45,7 +45,7 @@ def planned_ids(tmp_path, model_dir, tokenizer, store=None, **curriculum) -> lis
     train = train_subset(ctx.task.train, cfg)
     pairs = gold_pairs(tokenizer, train, recipe.task)
     examples = examples_from_pairs(tokenizer, pairs, cfg.max_length)
-    plan = make_plan(examples, cfg, sft_order_fn(ctx, cfg, examples, train, pairs, "sft"))
+    plan = make_plan(examples, cfg, sft_order_fn(ctx, cfg, examples, pairs, "sft"))
     return [examples[i].problem_id for mb in plan.microbatches for i in mb]
 
 
@@ -99,3 +99,19 @@ def test_the_stage_trains_in_the_curriculum_order(tmp_path, tiny_model_dir, toke
     shuffled = by_hand(None)
     assert all(torch.allclose(staged[k], ordered[k], atol=1e-6) for k in ordered)
     assert any(not torch.allclose(staged[k], shuffled[k], atol=1e-4) for k in shuffled)
+
+
+def test_jsonl_pairs_of_no_task_problem_are_ordered_by_their_own_response(tmp_path, tiny_model_dir, tokenizer):
+    data = tmp_path / "pairs.jsonl"
+    words = {"j0": 6, "j1": 2, "j2": 4}  # response lengths in words: j1 shortest, j0 longest
+    data.write_text("".join(json.dumps({"id": pid, "question": f"Q {pid}?", "response": " ".join(["w"] * n)}) + "\n"
+                            for pid, n in words.items()))
+    stage = {**sft_stage(scheduler="static", difficulty="length"), "data": "jsonl", "data_path": str(data)}
+    recipe = Recipe(model={"path": str(tiny_model_dir)}, task=task(tmp_path), stages=[stage])
+    ctx = RunContext(recipe=recipe, run_dir=tmp_path / "run", store=RunStore(tmp_path / "s.sqlite"), progress=False)
+    from reasonloop.stages.sft_data import jsonl_pairs
+
+    pairs = jsonl_pairs(tokenizer, str(data), recipe.task)
+    examples = examples_from_pairs(tokenizer, pairs, 128)
+    order = sft_order_fn(ctx, recipe.stages[0], examples, pairs, "sft")(0)
+    assert [examples[i].problem_id for i in order] == ["j1", "j2", "j0"]

@@ -233,13 +233,12 @@ class SftTrainer:
         return {"loss": f"{metrics['loss']:.4f}", "tok_s": f"{metrics['tokens_per_s']:.0f}"}
 
 
-def sft_order_fn(ctx, cfg, examples: list[Example], train, pairs, name: str):
+def sft_order_fn(ctx, cfg, examples: list[Example], pairs, name: str):
     """The example order of `cfg.curriculum` (None: shuffled). A JSONL pair whose id is no task problem is its
     own problem (its response as the reasoning), so `metadata` and `length` read its steps and words."""
     if cfg.curriculum.scheduler == "none":
         return None
     problems = {p.id: p for p in ctx.task.train}
-    problems.update({p.id: p for p in train})
     problems.update({pid: Problem(id=pid, question=prompt, answer="", reasoning=response)
                      for pid, prompt, response in pairs if pid not in problems})
     measured = ctx.store.problem_stats("pass_rate") if cfg.curriculum.difficulty == "pass_rate" else None
@@ -258,7 +257,7 @@ def run(ctx, cfg, name: str) -> dict:
     train = train_subset(ctx.task.train, cfg)
     pairs = jsonl_pairs(tok, cfg.data_path, task_cfg) if cfg.data == "jsonl" else gold_pairs(tok, train, task_cfg)
     examples = examples_from_pairs(tok, pairs, cfg.max_length)
-    order_fn = sft_order_fn(ctx, cfg, examples, train, pairs, name)
+    order_fn = sft_order_fn(ctx, cfg, examples, pairs, name)
     ref_model = None
     if cfg.objective == "asft" and ctx.recipe.model.lora is None:
         ref_model, _ = load_model(model_ref, dtype=ctx.recipe.model.dtype)
