@@ -91,6 +91,18 @@ def test_every_field_has_a_docstring_or_is_self_evident():
      r"r.yaml:3: stages\[0\].curriculum.promote_at: must lie in \[0, 1\], got 1.5"),
     ("stages:\n  - kind: rl\n    curriculum: {scheduler: levels}\n",
      r"stages\[0\].curriculum.scheduler: 'levels' needs a task with difficulty levels"),
+    # An sft stage orders its examples; the schedulers steered by rewards are refused when the recipe loads.
+    ("stages:\n  - kind: sft\n    curriculum: {scheduler: adarft}\n",
+     r"r.yaml:3: stages\[0\].curriculum.scheduler: 'adarft' steers by rewards, which an sft stage does not "
+     r"produce; use one of none, static, anneal here \(rl stages take the others\)$"),
+    ("stages:\n  - kind: sft\n    curriculum: {scheduler: easy}\n",
+     r"r.yaml:3: stages\[0\].curriculum.scheduler: expected one of none, static, anneal, got 'easy'$"),
+    ("stages:\n  - kind: rft\n    train:\n      curriculum: {scheduler: sec}\n",
+     r"r.yaml:4: stages\[0\].train.curriculum.scheduler: 'sec' steers by rewards"),
+    ("stages:\n  - kind: sft\n    curriculum: {scheduler: static, difficulty: vibes}\n",
+     r"r.yaml:3: stages\[0\].curriculum.difficulty: expected 'metadata', 'pass_rate' or 'length', got 'vibes'$"),
+    ("stages:\n  - kind: sft\n    curriculum: {scheduler: static, buckets: 4}\n",
+     r"r.yaml:3: stages\[0\].curriculum.buckets: unknown setting"),
 ])
 def test_cross_field_checks_fail_at_validation(tmp_path, text, message):
     with pytest.raises(UserError, match=message):

@@ -60,8 +60,11 @@ def test_pipeline_writes_summary_report_and_outputs(tmp_path, tiny_model_dir):
     recipe = load_recipe(tiny_recipe(tmp_path, tiny_model_dir, run={"progress": False,
                                                                     "ablation": ["after_sft", "after_rl"]}))
     summary = run_pipeline(recipe, tmp_path / "run", progress=False)
-    assert set(summary["ablation"]) == {"after_sft", "after_rl"}
-    assert set(summary["ablation"]["after_rl"]) == {"top1", "top1_ci95", "n"}
+    assert list(summary["ablation"]) == ["after_sft", "after_rl"]
+    assert set(summary["ablation"]["after_sft"]) == {"top1", "top1_ci95", "n", "mean_tokens"}  # the baseline
+    vs = summary["ablation"]["after_rl"]["vs_first"]  # paired with the first arm on the same 8 problems
+    assert vs["vs"] == "after_sft" and vs["n"] == 8 and vs["p_holm"] == vs["p_value"]  # one test: Holm = raw
+    assert set(vs) >= {"delta", "delta_ci95", "wins", "losses", "tokens_delta", "tokens_delta_ci95"}
     names = [s["name"] for s in summary["stages"]]
     assert names == ["base", "sft", "after_sft", "grpo", "after_rl"]
     sft = summary["stages"][1]

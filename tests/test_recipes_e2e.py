@@ -42,7 +42,7 @@ SHRINK = {
     "eval_limit": lambda v: min(v, 4),
     "k": lambda v: min(v, 2) if v else v,  # 0 means greedy only: kept, it is a different path
     "seeds": lambda v: min(v, 2),  # >1 keeps the mean-over-seeds path
-    "steps": lambda v: min(v, 4),  # enough that curriculum-ablation's 8-prompt GRPO steps see a split group
+    "steps": lambda v: min(v, 4),  # enough that the GRPO steps of the recipes see a split group
     "max_steps": lambda v: v if v is None else min(v, 4),
     "prompts_per_step": lambda v: min(v, 32),  # cheap (2-token answers); more groups that split
     "batch_size": lambda v: min(v, 8),
@@ -172,7 +172,11 @@ def test_recipe_runs_end_to_end_shrunk(path, tmp_path, answer_model_dir):
             skipped_last = store.metrics(name, "skipped_update")[-1:] == [(result.get("steps"), 1.0)]
             assert _finite(result.get("final_loss")) or skipped_last, f"{name}: final_loss {result}"
             AutoModelForCausalLM.from_pretrained(stage_output(run_dir, result["model"]))  # loads without reasonloop
-    for arm in recipe.run.ablation:
+    arms = recipe.run.ablation
+    for arm in arms:
         assert _finite(summary["ablation"][arm]["top1"]), arm
+    for arm in arms[1:]:  # each later arm paired with the first on the same problems, Holm-adjusted
+        vs = summary["ablation"][arm]["vs_first"]
+        assert vs["vs"] == arms[0] and vs["n"] >= 1 and vs["p_value"] <= vs["p_holm"] <= 1, (arm, vs)
     assert (run_dir / "report.html").is_file()
     store.close()

@@ -104,6 +104,11 @@ def _print_table(summary: dict) -> None:
     print(f"vs previous eval: greedy top-1 paired by problem (Newcombe interval); p: exact McNemar test on the "
           f"problems won/lost; a stage raises accuracy when p < {SIGNIFICANCE}. sampled: pass@1 at the sampling "
           "temperature. peak MB: the stage's peak resident memory.")
+    if summary.get("ablation"):
+        from reasonloop.runs.ablation import ablation_lines
+
+        print("\nablation (each arm paired with the first; p (Holm): adjusted for the number of arms)")
+        print("\n".join(ablation_lines(summary["ablation"])))
 
 
 def _run(recipe, out: str | None, label: str, progress: bool) -> int:

@@ -17,7 +17,7 @@ from reasonloop.tasks import task_sources
 from reasonloop.tasks.template import check_fields
 from reasonloop.tasks.gym import GymConfig  # noqa: F401  (the task.gym section lives with its source)
 from reasonloop.stage_config import (CurriculumConfig, Decoding, EvalStage, OptimConfig, RftStage, RlStage,  # noqa: F401
-                                     SftStage, StageBase, Strict, VerifierStage, registered)
+                                     SftCurriculum, SftStage, StageBase, Strict, VerifierStage, registered)
 
 Stage = stage_registry.stage_union()  # the registered stage kinds; rebuilt when one is registered
 
@@ -115,7 +115,9 @@ class RunConfig(Strict):
     engine: Literal["auto", "torch", "vllm"] = "auto"
     """Generation engine: vLLM when installed and a GPU is present (`auto`), else the built-in torch engine."""
     ablation: list[str] = []
-    """Eval stages to compare side by side in summary.json's `ablation` entry (e.g. with/without curriculum)."""
+    """Eval stages of an ablation's arms (e.g. with and without a curriculum): summary.json's `ablation` entry and
+    the report compare each with the first on the same problems (paired McNemar test, Holm-adjusted over the
+    arms; change in response length)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -188,6 +190,12 @@ class Recipe(Strict):
         missing = [a for a in self.run.ablation if a not in evals]
         if missing:
             raise ValueError(f"run.ablation names {missing}, which are not eval stages of this recipe")
+        repeated = sorted({a for a in self.run.ablation if self.run.ablation.count(a) > 1})
+        if repeated:
+            raise ValueError(f"run.ablation names {', '.join(repeated)} more than once")
+        if len(self.run.ablation) == 1:
+            raise ValueError("run.ablation: name at least two eval stages (the first is the baseline every other "
+                             f"arm is compared with), got only {self.run.ablation[0]!r}")
         return self
 
     def stage_names(self) -> list[str]:

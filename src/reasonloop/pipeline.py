@@ -151,9 +151,12 @@ def _eval_brief(result: dict) -> dict:
 
 
 def _ablation(ctx: RunContext, entries: list[dict]) -> dict | None:
-    """`run.ablation` names eval stages to set side by side (e.g. with and without a curriculum)."""
-    arms = {e["name"]: e["eval"] for e in entries if e["name"] in ctx.recipe.run.ablation and "eval" in e}
-    return {name: {k: ev[k] for k in ("top1", "top1_ci95", "n")} for name, ev in arms.items()} or None
+    """`run.ablation` names eval stages to set side by side, each after the first paired with the first
+    (runs/ablation.py)."""
+    from reasonloop.runs.ablation import ablation_from_store
+
+    briefs = {e["name"]: e["eval"] for e in entries if e["kind"] == "eval" and "eval" in e}
+    return ablation_from_store(ctx.store, ctx.recipe.run.ablation, briefs)
 
 
 def write_summary(ctx: RunContext, extra: dict | None = None) -> dict:

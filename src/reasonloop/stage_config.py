@@ -1,69 +1,14 @@
-"""The stage sections of a recipe (eval, sft, rft, rl) and the settings they share: decoding, optimizer,
-curriculum. `reasonloop.stage_registry` binds each to its kind; `reasonloop.config` assembles the registered
-ones into the `Recipe`; import them from either module."""
+"""The stage sections of a recipe (eval, sft, rft, rl) and the settings they share: decoding, optimizer
+(the curriculum sections live in `curriculum_config`). `reasonloop.stage_registry` binds each to its kind;
+`reasonloop.config` assembles the registered ones into the `Recipe`; import them from either module."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a misspelled setting must never be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
-
-
-def registered(value: str, names) -> str:
-    """``value`` if a registry (task sources, estimators, objectives) holds it, else the error pydantic
-    reports at the field: the names the recipe may use."""
-    if value not in names:
-        raise ValueError(f"expected one of {', '.join(names)}, got {value!r}")
-    return value
-
-
-# --------------------------------------------------------------------------- curriculum
-
-
-class CurriculumConfig(Strict):
-    scheduler: Literal["none", "static", "anneal", "adarft", "sec", "signal", "levels"] = "none"
-    """Which schedule picks the next problems."""
-    difficulty: Literal["metadata", "pass_rate", "length"] = "metadata"
-    """Where a problem's difficulty comes from."""
-    buckets: int = 4
-    """Number of difficulty levels (arms for `sec`, buckets for `static`)."""
-    pacing: Literal["linear", "root", "step"] = "linear"
-    """`static`: how fast harder buckets are unlocked over the stage."""
-    target_reward: float = 0.5
-    """`adarft`: the reward the target difficulty steers towards."""
-    step_size: float = 0.1
-    """`adarft`: how far the target difficulty moves per unit of reward error (difficulty in [0, 1])."""
-    alpha: float = 0.5
-    """`sec`: TD(0) learning rate of arm values."""
-    temperature: float = 0.2
-    """`sec`: softmax temperature over arm values; `signal`: over problem scores (an unseen problem
-    scores 1, one that split 2 of 4 samples 1.29, one that all 4 solved 0.71)."""
-    decay: float = 0.7
-    """`signal`: weight an earlier group's outcomes keep per step (the policy moves; old evidence fades)."""
-    promote_at: float = 0.7
-    """`levels`: accuracy on the current level that moves to the next."""
-
-    @field_validator("buckets", "step_size", "alpha", "temperature", "decay", "promote_at")
-    @classmethod
-    def _in_range_for_its_scheduler(cls, value, info):
-        """Each range is checked for the scheduler that uses the setting (a `static` curriculum does not
-        care about `sec`'s temperature), when the recipe is validated, before any stage runs."""
-        rules = {"buckets": (("static", "sec"), lambda v: v >= 1, "must be >= 1"),
-                 "step_size": (("adarft",), lambda v: v >= 0, "must be >= 0"),
-                 "alpha": (("sec",), lambda v: 0 < v <= 1, "must lie in (0, 1]"),
-                 "temperature": (("sec", "signal"), lambda v: v > 0, "must be > 0"),
-                 "decay": (("signal",), lambda v: 0 <= v <= 1, "must lie in [0, 1]"),
-                 "promote_at": (("levels",), lambda v: 0 <= v <= 1, "must lie in [0, 1]")}
-        schedulers, ok, why = rules[info.field_name]
-        if info.data.get("scheduler") in schedulers and not ok(value):
-            raise ValueError(f"{why}, got {value!r}")
-        return value
+from reasonloop.curriculum_config import CurriculumConfig, SftCurriculum, Strict, registered  # noqa: F401
 
 
 # --------------------------------------------------------------------------- stages
@@ -184,6 +129,8 @@ class SftStage(StageBase):
     """Evaluate on `eval_limit` held-out problems every N steps (0: off)."""
     eval_limit: int = 100
     """Held-out problems for periodic evaluation."""
+    curriculum: SftCurriculum = SftCurriculum()
+    """The order of the examples by difficulty: `none` (shuffled), `static` or `anneal` (METHODS.md §4)."""
     seed: int = 0
     """Seed of this stage's sampling and data order."""
 

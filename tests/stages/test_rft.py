@@ -347,3 +347,31 @@ def test_full_disk_while_writing_samples_names_the_file_and_keeps_the_old_one(tm
                                      "before are kept")
     monkeypatch.undo()
     assert load_jsonl(path) == [{"a": 1}] and [p.name for p in tmp_path.iterdir()] == ["kept.jsonl"]
+
+
+@pytest.mark.e2e
+def test_rft_trains_its_kept_paths_in_the_order_of_the_rounds_pass_rates(digit_dir, tmp_path):
+    """`train.curriculum` with `difficulty: pass_rate` reads the round's own measurement: questions the
+    sampling model solved most often train first, unsolved ones last."""
+    from reasonloop.stages.sft_data import curriculum_order, examples_from_pairs
+    from reasonloop.tasks import load_task
+
+    stage = {"kind": "rft", "name": "rft", "k": 4, "decoding": {"temperature": 1.0, "max_new_tokens": 4},
+             "train": {"max_steps": 1, "batch_tokens": 256, "optim": {"lr": 1e-3},
+                       "curriculum": {"scheduler": "static", "difficulty": "pass_rate"}}}
+    recipe = Recipe(model={"path": str(digit_dir)}, task=toy_task(tmp_path), stages=[stage], run={"engine": "torch"})
+    run_pipeline(recipe, tmp_path / "run", progress=False)
+    rdir = tmp_path / "run" / "stages" / "rft" / "round_0"
+    stats = [json.loads(line) for line in (rdir / "stats.jsonl").read_text().splitlines()]
+    kept = [json.loads(line) for line in (rdir / "kept.jsonl").read_text().splitlines()]
+    rate = {s["problem_id"]: s["pass_rate"] for s in stats}
+    assert len(set(rate.values())) > 1  # the digit model solves the 7s, not the 3s: something to order by
+
+    from reasonloop.models import load_tokenizer
+
+    tok = load_tokenizer(str(digit_dir))
+    examples = examples_from_pairs(tok, [(k["problem_id"], k["prompt"], k["response"]) for k in kept], 512)
+    order = curriculum_order(recipe.stages[0].train.curriculum, examples,
+                             {p.id: p for p in load_task(recipe.task).train}, rate, 0, "x")(0)
+    assert [rate[examples[i].problem_id] for i in order] == sorted((rate[e.problem_id] for e in examples),
+                                                                   reverse=True)

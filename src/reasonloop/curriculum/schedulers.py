@@ -1,6 +1,6 @@
 """Curriculum schedulers: a pure ``update(state, stats) -> state`` plus a sampler reading the state.
 
-One interface for the SFT, RFT and RL loops::
+The RL loop's interface (SFT and RFT order examples with ``sft_order``; RFT's budget is ``budget``)::
 
     cur = make_curriculum(cfg.curriculum, difficulties, total_steps, stage_kind="rl")
     state = cur.init_state()                      # or the dict saved in the checkpoint

@@ -119,6 +119,45 @@ def _table(summary: dict) -> str:
     return f"<table>{head}{''.join(rows)}</table>{LEGEND}"
 
 
+ABLATION_LEGEND = (
+    "<p>Each arm after the first is paired with the first (the baseline) on the problems both evaluated: "
+    "&Delta; with Newcombe's 95% interval, <b>won / lost</b> against the baseline, <b>p</b> the exact McNemar "
+    "test, <b>p (Holm)</b> the same adjusted for the number of arms (Holm's step-down). An arm is <b>better</b> "
+    f"or <b>worse</b> than the baseline when p (Holm) &lt; {SIGNIFICANCE}; otherwise these problems cannot tell "
+    "it from the baseline. <b>&Delta; tokens</b>: mean paired change in the greedy answer's length.</p>")
+
+
+def _ablation_table(summary: dict) -> str:
+    """The `run.ablation` arms side by side (runs/ablation.py), or nothing without an ablation."""
+    from reasonloop.runs.ablation import ablation_verdict
+
+    arms = summary.get("ablation") or {}
+    if not arms:
+        return ""
+    first = next(iter(arms))
+    head = ("arm", "top-1<br>[95% CI]", f"&Delta; vs {html.escape(first)}<br>[95% CI]", "won / lost", "p",
+            "p (Holm)", "verdict", "tokens", "&Delta; tokens")
+    rows = []
+    for arm, row in arms.items():
+        lo, hi = row["top1_ci95"]
+        cmp = row.get("vs_first") or {}
+        if "p_value" in cmp:
+            word = ablation_verdict(cmp)
+            tested = [_td(delta_text(cmp), "nowrap"), _td(f"{cmp['wins']} / {cmp['losses']}", "nowrap"),
+                      _td(f"{cmp['p_value']:.2g}"), _td(f"{cmp['p_holm']:.2g}"),
+                      _td(word, {"better": "raises", "worse": "lowers"}.get(word, ""))]
+        else:
+            note = "baseline" if arm == first else cmp.get("skipped", "")
+            tested = [_td(html.escape(note), "note"), *[_td("")] * 4]
+        dtok = f"{cmp['tokens_delta']:+.1f}" if cmp.get("tokens_delta") is not None else ""
+        tokens = f"{row['mean_tokens']:.1f}" if row.get("mean_tokens") is not None else ""
+        rows.append("<tr>" + "".join([_td(html.escape(arm)), _td(f'{row["top1"]:.3f}<br><span class="ci">'
+                                                                 f"[{lo:.3f}, {hi:.3f}]</span>", "nowrap"),
+                                      *tested, _td(tokens), _td(dtok)]) + "</tr>")
+    header = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+    return f"<h2>Ablation</h2><table>{header}{''.join(rows)}</table>{ABLATION_LEGEND}"
+
+
 def _stage_section(store: RunStore, stage: dict) -> str:
     name = stage["name"]
     plots = [p for p in (eval_curve_plot(store, name), time_plot(store, name)) if p] + curve_plots(store, name)
@@ -138,7 +177,7 @@ def write_report(run_dir: Path) -> Path:
         stages = store.stages()
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": []}
-        body = [f"<h1>reasonloop run: {html.escape(run_dir.name)}</h1>", _table(summary)]
+        body = [f"<h1>reasonloop run: {html.escape(run_dir.name)}</h1>", _table(summary), _ablation_table(summary)]
         for title, fig in (("Held-out accuracy per stage", accuracy_plot(stages)),
                            ("Response length", length_plot(store, stages)),
                            ("Distinct RFT paths", paths_plot(store)),

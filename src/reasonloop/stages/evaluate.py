@@ -64,6 +64,7 @@ def evaluate(model, tokenizer, problems: list[Problem], task_cfg, cfg, store=Non
     if store is not None:
         store.add_samples(stage, step, _store_rows(judged, prompts, "greedy"))
         store.set_problem_stats(stage, "greedy_correct", {j.problem.id: float(j.correct[0]) for j in judged})
+        store.set_problem_stats(stage, "greedy_tokens", {j.problem.id: float(j.tokens[0]) for j in judged})
     if cfg.k:
         top1 = {j.problem.id: j.correct[0] for j in judged}
         result.update(_sampled_metrics(engine, tokenizer, problems, prompts, task_cfg, cfg, store, stage,

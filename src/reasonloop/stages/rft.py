@@ -191,11 +191,13 @@ class _RoundStore:
         self.store.truncate_after(stage, self.offset + step)
 
 
-def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, out: Path, offset: int) -> dict:
-    """Fine-tune `init_ref` on the kept rows with the SFT loop; resume or skip what is done."""
+def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, out: Path, offset: int,
+                 stats: list[dict]) -> dict:
+    """Fine-tune `init_ref` on the kept rows with the SFT loop; resume or skip what is done. `stats`: the
+    round's per-question statistics, whose pass rates a `train.curriculum` with `difficulty: pass_rate` reads."""
     from reasonloop.models import load_model, load_trainable, save_hf_folder
     from reasonloop.stages.sft import SftTrainer
-    from reasonloop.stages.sft_data import examples_from_pairs
+    from reasonloop.stages.sft_data import curriculum_order, examples_from_pairs
 
     rdir = ctx.stage_dir(name) / f"round_{r}"
     saved = json.loads((rdir / "train.json").read_text()) if (rdir / "train.json").is_file() else None
@@ -208,11 +210,17 @@ def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, o
     model, tok = load_trainable(init_ref, ctx.recipe.model)
     examples = examples_from_pairs(tok, [(k["problem_id"], k["prompt"], k["response"]) for k in kept],
                                    cfg.train.max_length)
+    # The round's own measurement: the pass rate of the model that sampled, on exactly these questions.
+    measured = {st["problem_id"]: st["pass_rate"] for st in stats if st["drawn"]}
+    where = f"stages[{ctx.recipe.stage_names().index(name)}].train.curriculum"
+    order_fn = curriculum_order(cfg.train.curriculum, examples, {p.id: p for p in ctx.task.train}, measured,
+                                cfg.train.seed, where)
     ref_model = None
     if cfg.train.objective == "asft" and ctx.recipe.model.lora is None:
         ref_model, _ = load_model(init_ref, dtype=ctx.recipe.model.dtype)
     trainer = SftTrainer(model, tok, examples, cfg.train, store=_RoundStore(ctx.store, offset), stage=name,
-                         ckpt_dir=rdir / "checkpoint", ref_model=ref_model, dtype=ctx.recipe.model.dtype)
+                         ckpt_dir=rdir / "checkpoint", ref_model=ref_model, order_fn=order_fn,
+                         dtype=ctx.recipe.model.dtype)
     result = trainer.train(progress=ctx.progress)
     result = saved or result  # a run killed after training and before saving resumes at the last step
     if dist.is_main():
@@ -282,7 +290,7 @@ def run(ctx, cfg, name: str) -> dict:
         out = ctx.stage_dir(name) / ("model" if last else f"round_{r}/model")
         kept, stats = _sample_round(ctx, cfg, name, r, offset, problems, sample_ref, pooled, tok)
         summary = summarise(stats)
-        trained = _train_round(ctx, cfg, name, r, kept, train_ref, out, offset)
+        trained = _train_round(ctx, cfg, name, r, kept, train_ref, out, offset, stats)
         offset += trained["steps"]
         drawn_total += summary["samples_drawn"]
         rounds.append({"round": r, **summary, "final_loss": trained["final_loss"], "steps": trained["steps"],

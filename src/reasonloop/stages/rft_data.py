@@ -6,7 +6,7 @@ stays a short sequence of calls and each rule is testable by hand:
 - `gold_is_checkable`: a question whose own gold answer the verifier cannot recognise is skipped.
 - `allocate_samples`: fixed k per question, or DART-Math's difficulty-aware allocation ("DART-Math:
   Difficulty-Aware Rejection Tuning for Mathematical Problem-Solving", Tong et al. 2024) driven by
-  `rft_paths.dart_allocation` until every question has its correct samples or its budget is spent.
+  `curriculum.budget.dart_allocation` until every question has its correct samples or its budget is spent.
 - `select_paths`: RFT's distinct reasoning paths ("Scaling Relationship on Learning Mathematical
   Reasoning with LLMs", Yuan et al. 2023): correct samples (optionally with correct arithmetic),
   deduplicated, capped with the most different kept, gold first; STaR rationales (Zelikman et al.
@@ -24,7 +24,8 @@ from pathlib import Path
 
 from reasonloop.atomic import write_text_atomic
 from reasonloop.errors import UserError
-from reasonloop.stages.rft_paths import dart_allocation, dedup_key, mentions_hint, select_distinct, strip_hint
+from reasonloop.curriculum.budget import dart_allocation
+from reasonloop.stages.rft_paths import dedup_key, mentions_hint, select_distinct, strip_hint
 from reasonloop.tasks.base import Problem
 from reasonloop.tasks.files import read_jsonl
 from reasonloop.tasks.prompt import answer_line

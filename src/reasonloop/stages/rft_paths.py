@@ -3,8 +3,8 @@
 - `dedup_key` / `select_distinct`: RFT ("Scaling Relationship on Learning Mathematical Reasoning
   with LLMs", Yuan et al. 2023) keeps *distinct reasoning paths*: solutions computing the same
   equation list are one path; more distinct paths help more than more copies.
-- `dart_allocation`: DART-Math ("Difficulty-Aware Rejection Tuning for Mathematical Problem-Solving",
-  Tong et al. 2024): keep sampling hard questions until they have enough correct responses.
+- `dart_allocation` (the curriculum's RFT schedule, `reasonloop.curriculum.budget`, re-exported here):
+  DART-Math's sampling budget by measured pass rate.
 - `star_hint_prompt` / `strip_hint` / `mentions_hint`: STaR ("Self-Taught Reasoner", Zelikman et
   al. 2022) rationalisation: re-ask an unsolved question with its answer as a hint, then train on
   the rationale *without* the hint.
@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Literal
 
+from reasonloop.curriculum.budget import dart_allocation  # noqa: F401  (the RFT loop's schedule)
 from reasonloop.errors import UserError
 from reasonloop.verify.equations import extract_equations
 
@@ -117,53 +117,6 @@ def select_distinct(solutions: Sequence[str], mode: DedupMode = "equations", cap
             if i not in picked:
                 summed[i] += levenshtein(key, candidates[best][0])
     return result + [candidates[i][1] for i in sorted(picked)]
-
-
-def dart_allocation(pass_counts: Sequence[int], tries: Sequence[int], min_correct: int, budget: int,
-                    mode: Literal["uniform", "prop2diff"] = "uniform") -> dict[int, int]:
-    """How many more samples each question gets in the next round (DART-Math).
-
-    A question stops when it has its target number of correct samples or has used ``budget``
-    samples. Targets:
-    - ``uniform`` ("DARS-Uniform"): ``min_correct`` for every question.
-    - ``prop2diff`` ("DARS-Prop2Diff"): proportional to difficulty, the fail rate so far
-      ``d_i = 1 - correct_i / tries_i`` (1 when untried): ``ceil(min_correct * d_i / max_j d_j)``,
-      at least 1. The hardest question gets ``min_correct``; easy ones stop sooner.
-    The request for a question still short of its target is the expected number of samples to
-    reach it at the pass rate seen so far, ``ceil(missing * tries / correct)``; with no correct
-    sample yet it doubles its tries (geometric search for a rare success); with no tries yet it is
-    the target. Requests are clipped to ``[1, budget - tries]``. Questions that need nothing are
-    left out of the result.
-    """
-    if len(pass_counts) != len(tries):
-        raise ValueError(f"{len(pass_counts)} pass counts for {len(tries)} try counts")
-    if min_correct < 1:
-        raise UserError(f"min_correct must be >= 1, got {min_correct}")
-    if budget < 1:
-        raise UserError(f"budget must be >= 1, got {budget}")
-    if mode not in ("uniform", "prop2diff"):
-        raise ValueError(f"unknown allocation {mode!r}; use uniform or prop2diff")
-    for i, (c, t) in enumerate(zip(pass_counts, tries)):
-        if not 0 <= c <= t:
-            raise ValueError(f"question {i}: {c} correct out of {t} tries")
-    fail = [1.0 - c / t if t else 1.0 for c, t in zip(pass_counts, tries)]
-    hardest = max(fail, default=0.0)
-    out = {}
-    for i, (c, t) in enumerate(zip(pass_counts, tries)):
-        if mode == "uniform":
-            target = min_correct
-        else:
-            target = max(1, math.ceil(min_correct * fail[i] / hardest)) if hardest > 0 else 1
-        if c >= target or t >= budget:
-            continue
-        if t == 0:
-            want = target
-        elif c == 0:
-            want = t
-        else:
-            want = math.ceil((target - c) * t / c)
-        out[i] = max(1, min(want, budget - t))
-    return out
 
 
 # --------------------------------------------------------------------------- STaR

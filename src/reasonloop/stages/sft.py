@@ -27,8 +27,9 @@ from reasonloop.models import backbone_and_head, resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.packing import pack_sequences, packed_hidden, plan_microbatches
 from reasonloop.stages.evaluate import periodic_eval
-from reasonloop.stages.sft_data import Example, masked_thought, shuffled_order
+from reasonloop.stages.sft_data import Example, curriculum_order, masked_thought, shuffled_order
 from reasonloop.tasks import train_subset
+from reasonloop.tasks.base import Problem
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,19 @@ class SftTrainer:
         return {"loss": f"{metrics['loss']:.4f}", "tok_s": f"{metrics['tokens_per_s']:.0f}"}
 
 
+def sft_order_fn(ctx, cfg, examples: list[Example], pairs, name: str):
+    """The example order of `cfg.curriculum` (None: shuffled). A JSONL pair whose id is no task problem is its
+    own problem (its response as the reasoning), so `metadata` and `length` read its steps and words."""
+    if cfg.curriculum.scheduler == "none":
+        return None
+    problems = {p.id: p for p in ctx.task.train}
+    problems.update({pid: Problem(id=pid, question=prompt, answer="", reasoning=response)
+                     for pid, prompt, response in pairs if pid not in problems})
+    measured = ctx.store.problem_stats("pass_rate") if cfg.curriculum.difficulty == "pass_rate" else None
+    where = f"stages[{ctx.recipe.stage_names().index(name)}].curriculum"
+    return curriculum_order(cfg.curriculum, examples, problems, measured, cfg.seed, where)
+
+
 def run(ctx, cfg, name: str) -> dict:
     """Pipeline entry: fine-tune the current model on the task's gold reasoning (or a JSONL)."""
     from reasonloop.models import load_model, load_trainable, save_hf_folder
@@ -243,12 +257,14 @@ def run(ctx, cfg, name: str) -> dict:
     train = train_subset(ctx.task.train, cfg)
     pairs = jsonl_pairs(tok, cfg.data_path, task_cfg) if cfg.data == "jsonl" else gold_pairs(tok, train, task_cfg)
     examples = examples_from_pairs(tok, pairs, cfg.max_length)
+    order_fn = sft_order_fn(ctx, cfg, examples, pairs, name)
     ref_model = None
     if cfg.objective == "asft" and ctx.recipe.model.lora is None:
         ref_model, _ = load_model(model_ref, dtype=ctx.recipe.model.dtype)
     trainer = SftTrainer(model, tok, examples, cfg, store=ctx.store, stage=name,
                          ckpt_dir=ctx.stage_dir(name) / "checkpoint", ref_model=ref_model,
-                         eval_fn=periodic_eval(ctx, model, tok, cfg), dtype=ctx.recipe.model.dtype)
+                         eval_fn=periodic_eval(ctx, model, tok, cfg), order_fn=order_fn,
+                         dtype=ctx.recipe.model.dtype)
     result = trainer.train(progress=ctx.progress)
     out = ctx.stage_dir(name) / "model"
     if dist.is_main():

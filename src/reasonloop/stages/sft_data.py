@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonloop.errors import UserError
+from reasonloop.tasks.base import Problem
 from reasonloop.tasks.files import read_jsonl
 from reasonloop.tasks.prompt import encode_example, gold_response, prompt_text
 
@@ -80,3 +81,24 @@ def shuffled_order(n: int, seed: int, epoch: int) -> list[int]:
     order = list(range(n))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)
     return order
+
+
+def curriculum_order(curriculum, examples: list[Example], problems: dict[str, Problem],
+                     measured: dict[str, float] | None, seed: int, where: str):
+    """The SFT loop's `order_fn` for a stage's `curriculum` section (None: the plain shuffle).
+
+    Each example's difficulty is that of its problem (`problems` by id; RFT's several paths of one question
+    share it); an example whose problem is not there (a JSONL pair with an unknown id) has no difficulty of
+    its own and `normalise` gives it the median. ``measured``: pass rates by problem id (`pass_rate`).
+    """
+    from reasonloop.curriculum import estimate_difficulty
+    from reasonloop.curriculum.sft_order import epoch_order
+
+    if curriculum.scheduler == "none":
+        return None
+    unknown = Problem(id="", question="", answer="")
+    per_example = [problems.get(e.problem_id, unknown) for e in examples]
+    kind = curriculum.difficulty
+    diffs = estimate_difficulty(kind, per_example, (measured or {}) if kind == "pass_rate" else None,
+                                where=where)
+    return epoch_order(curriculum.scheduler, diffs, seed)
