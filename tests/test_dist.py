@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import yaml
 
+import gloo
 from reasonloop import dist
 
 pytestmark = pytest.mark.e2e  # whole runs, kills and resumes: outside the inner test loop
@@ -33,25 +32,9 @@ REL_TOL = 1e-5
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "reasonloop" / "recipes"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, job: str, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    dist.init()
-    try:
-        JOBS[job](*args)
-    finally:
-        dist.shutdown()
-
-
 def launch(job: str, *args, world: int = 2) -> None:
     """Run JOBS[job](*args) in `world` processes joined by gloo, as torchrun would start them."""
-    mp.start_processes(_worker, args=(world, _free_port(), job, args), nprocs=world, start_method="spawn")
+    gloo.launch(__name__, job, *args, world=world)
 
 
 # --------------------------------------------------------------------------- jobs (run in every process)

@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
-import torch.multiprocessing as mp
 
+import gloo
 from reasonloop import dist
 from reasonloop.tasks.base import Problem
 
@@ -23,25 +21,9 @@ pytestmark = pytest.mark.e2e  # subprocesses: outside the inner test loop
 PROBLEMS = [Problem(id=f"p{i}", question=f"What is {i} + {i % 3}?", answer=str(i + i % 3)) for i in range(9)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, job: str, args: tuple) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    dist.init()
-    try:
-        JOBS[job](*args)
-    finally:
-        dist.shutdown()
-
-
 def launch(job: str, *args, world: int = 2) -> None:
     """Run JOBS[job](*args) in `world` processes joined by gloo, as torchrun would start them."""
-    mp.start_processes(_worker, args=(world, _free_port(), job, args), nprocs=world, start_method="spawn")
+    gloo.launch(__name__, job, *args, world=world)
 
 
 class Recording:
