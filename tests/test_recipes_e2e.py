@@ -45,7 +45,7 @@ SHRINK = {
     "steps": lambda v: min(v, 4),  # enough that the GRPO steps of the recipes see a split group
     "max_steps": lambda v: v if v is None else min(v, 4),
     "prompts_per_step": lambda v: min(v, 32),  # cheap (2-token answers); more groups that split
-    "batch_size": lambda v: min(v, 8),
+    "batch_size": lambda v: v if v is None else min(v, 8),  # rl: None decodes a whole step at once
     "budget": lambda v: min(v, 4),  # DART's samples per question
     "rounds": lambda v: min(v, 2),  # >1 keeps Expert Iteration's later rounds
     "eval_every": lambda v: min(v, 1),  # 0 stays off; otherwise the learning curve runs every step

@@ -150,11 +150,14 @@ def test_kills_before_the_first_checkpoint_and_while_writing_models_then_resume(
     assert done.returncode == 0, done.stderr[-2000:]
 
     summary = {s["name"]: s for s in json.loads((out / "summary.json").read_text())["stages"]}
-    with sqlite3.connect(out / "store.sqlite") as db:
-        last = dict(db.execute("SELECT key, value FROM metrics WHERE (stage, step) IN (VALUES ('sft', ?), ('rl', 3))"
-                               " AND key IN ('loss', 'reward_mean')", (summary["sft"]["steps"],)))
-    assert summary["sft"]["final_loss"] == pytest.approx(last["loss"])
-    assert summary["rl"]["final_reward"] == pytest.approx(last["reward_mean"])
+    with sqlite3.connect(out / "store.sqlite") as db:  # each stage's own last row (RL logs a `loss` too)
+        def logged(stage: str, step: int, key: str) -> float:
+            return db.execute("SELECT value FROM metrics WHERE stage = ? AND step = ? AND key = ?",
+                              (stage, step, key)).fetchone()[0]
+
+        sft_loss, rl_reward = logged("sft", summary["sft"]["steps"], "loss"), logged("rl", 3, "reward_mean")
+    assert summary["sft"]["final_loss"] == pytest.approx(sft_loss)
+    assert summary["rl"]["final_reward"] == pytest.approx(rl_reward)
     assert set(metric_rows(out).values()) == {1}
     assert not hidden_leftovers(out)
 
