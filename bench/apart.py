@@ -21,3 +21,22 @@ def run_apart(fn, *args) -> dict:
     """fn(*args) (a module-level function returning a dict) in a spawned process, with `peak_rss_mb` added."""
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measured, (fn, args))
+
+
+def cpu_kind() -> str:
+    """The CPU's model name and its bf16 support, for benchmark output and the README tables: the same
+    code is ~5x faster in bf16 with AMX, ~3x with AVX512-BF16, and emulates bf16 with AVX2 only."""
+    import re
+    from pathlib import Path
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
+    flags = set((re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE) or ["", ""])[1].split())
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else \
+        "AVX-512, no bf16 units" if "avx512f" in flags else "AVX2 only, bf16 emulated"
+    return f"{name[1].strip() if name else 'unknown CPU'} ({bf16})"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from reasonloop.tasks import load_task
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
 from reasonloop.verify.rewards import build_reward
 
-from apart import run_apart  # bench/apart.py: one side per fresh process, with its peak memory
+from apart import cpu_kind, run_apart  # bench/apart.py: one side per fresh process, with its peak memory
 
 ROOT = Path(__file__).resolve().parents[1]
 REWARD = ["bench_rewards:text_hash"]  # bench/ is on sys.path, in the spawned sides too
@@ -167,7 +166,7 @@ def main() -> None:
     rows = {OURS: run_apart(run_ours, problems, task_cfg, 1 + measured),
             TRL: run_apart(run_trl, problems, task_cfg, 1 + measured)}
     print(f"\nGRPO on {PROMPTS} GSM8K prompts x G={G}, <= {MAX_NEW} new tokens, lr {LR}, fp32, "
-          f"{torch.get_num_threads()} threads; 1 warm-up + {measured} measured steps per side")
+          f"{torch.get_num_threads()} threads; 1 warm-up + {measured} measured steps per side; {cpu_kind()}")
     print(f"{'run':<38}{'s/step':>8}{'cpu s':>8}{'gen s':>8}{'tok/s':>8}{'mean len':>10}{'reward':>8}{'peak MB':>9}")
     for name, r in rows.items():
         print(f"{name:<38}{r['s_per_step']:>8.1f}{r['cpu_s_per_step']:>8.1f}{r['gen_seconds_per_step']:>8.1f}"
@@ -180,7 +179,7 @@ def main() -> None:
     tok_ratio = rows[OURS]["tokens_per_s"] / rows[TRL]["tokens_per_s"]
     result = dict(model="SmolLM2-135M-Instruct", dtype="float32", prompts=PROMPTS, group_size=G,
                   max_new_tokens=MAX_NEW, lr=LR, temperature=TEMPERATURE, warmup_steps=1, measured_steps=measured,
-                  quick=args.quick, threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
+                  quick=args.quick, threads=torch.get_num_threads(), cpu=cpu_kind(),
                   runs=rows, ratio=trl / ours, tokens_per_s_ratio=tok_ratio,
                   memory_ratio=rows[OURS]["peak_rss_mb"] / rows[TRL]["peak_rss_mb"])  # < 1: we use less
     print(f"peak resident memory, ours / TRL: {result['memory_ratio']:.2f}")

@@ -26,7 +26,7 @@ from reasonloop.stages.sft import SftTrainer
 from reasonloop.stages.sft_data import examples_from_pairs, gold_pairs
 from reasonloop.tasks import load_task
 
-from apart import run_apart  # bench/apart.py: one side per fresh process, with its peak memory
+from apart import cpu_kind, run_apart  # bench/apart.py: one side per fresh process, with its peak memory
 from generate import matmul_peak  # bench/generate.py: best-of-N square matmul, GFLOP/s
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def main() -> None:
     mean_len = sum(len(e.ids) for e in examples) / len(examples)
     rows["reasonloop fp32 (8 ex/step, packed)"] = run_apart(run_ours, examples, int(mean_len * 8) + 1, 1)
     print(f"\nSFT on {len(examples)} GSM8K examples, mean {mean_len:.0f} tokens; matmul peak fp32 "
-          f"{peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s (this CPU has no AMX/AVX512-BF16)")
+          f"{peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s; {cpu_kind()}")
     print(f"{'run':<40}{'seconds':>9}{'tokens/s':>10}{'MFU fp32':>10}{'peak MB':>9}")
     for name, r in rows.items():
         r["mfu_fp32"] = 6 * params * r["tokens_per_s"] / peak32
@@ -94,7 +94,8 @@ def main() -> None:
     memory_ratio = rows["reasonloop fp32 (8 ex/step, packed)"]["peak_rss_mb"] / trl_mem  # < 1: we use less
     print(f"peak resident memory, ours / TRL's smallest: {memory_ratio:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"examples": len(examples), "peak_fp32": peak32, "peak_bf16": peak16,
+    Path(args.out).write_text(json.dumps({"cpu": cpu_kind(), "examples": len(examples), "peak_fp32": peak32,
+                                          "peak_bf16": peak16,
                                           "runs": rows, "ratio": ours / trl_best, "memory_ratio": memory_ratio},
                                          indent=2))
     print(f"ratio={ours / trl_best:.2f}")
