@@ -147,7 +147,7 @@ MODEL_CASES = [
     ("pickle-bin-that-runs-code", _bin_model(__import__("pickle").dumps(_RunsCode())), "{model}: could not load model"),
     ("empty-gguf", _gguf(lambda: b""), "{model}: not a readable GGUF model"),
     ("garbage-gguf", _gguf(lambda: b"GGUF" + bytes(range(256)) * 4), "{model}: not a readable GGUF model"),
-    ("truncated-gguf", _gguf(lambda: _real_gguf_prefix(3_000_000)), "{model}: not a readable GGUF model"),
+    ("truncated-gguf", _gguf(lambda: _real_gguf_prefix(300_000)), "{model}: not a readable GGUF model"),
 ]
 
 
