@@ -40,3 +40,14 @@ def cpu_kind() -> str:
     bf16 = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else \
         "AVX-512, no bf16 units" if "avx512f" in flags else "AVX2 only, bf16 emulated"
     return f"{name[1].strip() if name else 'unknown CPU'} ({bf16})"
+
+
+def best_dtype() -> str:
+    """The machine's fastest training/generation dtype, as the recipe field `model.dtype: auto` resolves it
+    ("bf16" where the CPU multiplies bf16 fast, else "fp32"). Both sides of a benchmark run in it: ours
+    through `dtype=`, TRL's through `bf16=`, as a TRL user on this machine would set it."""
+    import torch
+
+    from reasonloop.models import resolve_dtype
+
+    return "bf16" if resolve_dtype("auto") == torch.bfloat16 else "fp32"

@@ -2,7 +2,9 @@
 
 GSM8K test questions through the chat template, the same sampling settings on both sides, batch 1, 16
 and 64, 128 new tokens. Reports useful tokens/s (tokens up to and including each sequence's EOS) and
-the share of this machine's matmul peak, measured in the same run. Writes bench/results/generate.json;
+each side's share of this machine's matmul peak counting every token it ran through the model (prompt
+tokens prefilled, padding included, and every decode step of every row, finished or not), with the peak
+measured in the same run. Both sides run in the machine's best dtype (`model.dtype: auto`). Writes bench/results/generate.json;
 the last printed line is ``ratio=<ours/HF at batch 64>``.
 
     python bench/generate.py [--quick] [--data ../shared/data/gsm8k/test.jsonl]
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -57,9 +58,10 @@ def useful(tokens: list[int], eos: set[int]) -> int:
     return len(tokens)
 
 
-def run_hf(model, tokenizer, prompts, batch: int, eos: set[int]) -> tuple[int, float]:
+def run_hf(model, tokenizer, prompts, batch: int, eos: set[int]) -> tuple[int, int, float]:
+    """(useful tokens, tokens run through the model, seconds)."""
     pad = tokenizer.pad_token_id
-    total, start = 0, time.perf_counter()
+    total, processed, start = 0, 0, time.perf_counter()
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
         width = max(len(p) for p in chunk)
@@ -73,16 +75,21 @@ def run_hf(model, tokenizer, prompts, batch: int, eos: set[int]) -> tuple[int, f
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, pad_token_id=pad,
                                  top_k=0, **SETTINGS)
         total += sum(useful(row, eos) for row in out[:, width:].tolist())
-    return total, time.perf_counter() - start
+        processed += out.numel() - len(chunk)  # padded prompts, then every row at every step until all stop
+    return total, processed, time.perf_counter() - start
 
 
-def run_ours(model, tokenizer, prompts, batch: int) -> tuple[int, float]:
+def run_ours(model, tokenizer, prompts, batch: int) -> tuple[int, int, float]:
+    """(useful tokens, tokens run through the model, seconds). A shared prompt prefix is prefilled once
+    (counted once per prompt here: an upper bound), a finished row leaves the batch at once."""
     from reasonloop.generate import SamplingParams, make_engine
 
     engine = make_engine(model, tokenizer, kind="torch", max_batch=batch, progress=False)
     start = time.perf_counter()
     out = engine.generate(prompts, SamplingParams(seed=0, **SETTINGS))
-    return sum(len(s.token_ids) for group in out for s in group), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    generated = sum(len(s.token_ids) for group in out for s in group)
+    return generated, sum(map(len, prompts)) + generated - len(prompts), seconds
 
 
 def main() -> None:
@@ -92,6 +99,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench/results/generate.json"))
     args = parser.parse_args()
 
+    from apart import cpu_kind  # bench/apart.py
     from reasonloop.generate.bookkeeping import eos_ids
     from reasonloop.models import load_model, resolve_dtype
 
@@ -109,11 +117,11 @@ def main() -> None:
     for batch, count in counts.items():
         for name, fn in (("hf_generate", lambda b, p: run_hf(model, tokenizer, p, b, eos)),
                          ("reasonloop", lambda b, p: run_ours(model, tokenizer, p, b))):
-            tokens, seconds = fn(batch, prompts[:count])
+            tokens, processed, seconds = fn(batch, prompts[:count])
             rate = tokens / seconds
             rows.append(dict(engine=name, batch=batch, prompts=count, useful_tokens=tokens,
-                             seconds=round(seconds, 2), tok_per_s=round(rate, 1),
-                             peak_share=round(rate * fpt / 1e9 / peak[peak_key], 4)))
+                             processed_tokens=processed, seconds=round(seconds, 2), tok_per_s=round(rate, 1),
+                             peak_share=round(processed / seconds * fpt / 1e9 / peak[peak_key], 4)))
             print(f"{name:12s} B={batch:3d} prompts={count:4d} tokens={tokens:6d} "
                   f"{seconds:7.1f}s {rate:7.1f} tok/s  {100 * rows[-1]['peak_share']:.1f}% of "
                   f"{peak_key} peak", flush=True)
@@ -121,11 +129,12 @@ def main() -> None:
     ratios = {b: round(rate["reasonloop", b] / rate["hf_generate", b], 2) for b in counts}
     result = dict(model="SmolLM2-135M-Instruct", dtype=str(dtype).removeprefix("torch."),
                   settings=SETTINGS, quick=args.quick, threads=torch.get_num_threads(),
-                  cpu=platform.processor() or platform.machine(), peak_gflops=peak,
+                  cpu=cpu_kind(), peak_gflops=peak,
                   flops_per_token=fpt, rows=rows, ratio_by_batch=ratios)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"peak GFLOP/s: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f}; both engines in {result['dtype']}")
+    print(f"peak GFLOP/s: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f}; both engines in {result['dtype']}; "
+          f"{cpu_kind()}")
     print(f"ratio={ratios[64]}")
 
 

@@ -1,14 +1,16 @@
 """GRPO step time: TRL GRPOTrainer (no vLLM) against reasonloop's GRPO stage on the same prompts, in one run.
 
-The default model in fp32, the same 4 GSM8K training prompts every step (reasonloop's chat prompt), G=4
+The default model in the machine's best dtype (bf16 autocast where the CPU has fast bf16, else fp32; both
+sides), the same 4 GSM8K training prompts every step (reasonloop's chat prompt), G=4
 samples each at temperature 1.0, at most 128 new tokens, lr 1e-6 (constant), no KL term (so no reference
 model), one optimizer step per rollout batch, the same reward: a hash of each completion's text
 (bench/bench_rewards.py), so every group has variance and both sides update every step (the base model
 solves none of these, and a flat group is skipped by reasonloop but not by TRL). A run in which
 reasonloop skipped an update prints no ratio. TRL runs on its fastest CPU
-settings: no vLLM, no gradient checkpointing, fp32, one generation per optimizer step (no old-logprob pass).
+settings: no vLLM, no gradient checkpointing, one generation per optimizer step (no old-logprob pass).
 After one warm-up step, reports seconds per step and generated (completion) tokens/s end to end, i.e. over
-the whole step: sampling, reward, policy update, weight refresh; and each side's peak resident memory (each
+the whole step: sampling, reward, policy update, weight refresh; each side's share of the matmul peak
+(2 FLOPs per parameter per generated or prefilled token, 6 per trained token); and its peak resident memory (each
 side runs in its own process: bench/apart.py). Writes bench/results/grpo.json; the last
 line is ratio=<TRL s/step / ours>.
 
@@ -35,12 +37,13 @@ from reasonloop.tasks import load_task
 from reasonloop.tasks.prompt import encode_prompt, prompt_text
 from reasonloop.verify.rewards import build_reward
 
-from apart import cpu_kind, run_apart  # bench/apart.py: one side per fresh process, with its peak memory
+from apart import best_dtype, cpu_kind, run_apart  # bench/apart.py: one side per fresh process, with its peak memory
+from generate import matmul_peak  # bench/generate.py: best-of-N square matmul, GFLOP/s
 
 ROOT = Path(__file__).resolve().parents[1]
 REWARD = ["bench_rewards:text_hash"]  # bench/ is on sys.path, in the spawned sides too
 PROMPTS, G, MAX_NEW, LR, TEMPERATURE, SEED = 4, 4, 128, 1e-6, 1.0, 0
-TRL, OURS = "trl GRPOTrainer fp32 (hf generate)", "reasonloop GRPO fp32 (torch engine)"
+PARAMS = 134.5e6  # SmolLM2-135M, embedding tied to the LM head
 
 
 class StepClock:
@@ -80,15 +83,16 @@ def summarise(start: tuple[float, float], stamps: list[tuple[float, float]], tok
             "reward_mean": sum(rewards[1:]) / len(measured)}
 
 
-def run_ours(problems, task_cfg, steps: int) -> dict:
+def run_ours(problems, task_cfg, steps: int, dtype: str) -> dict:
     policy, tok = load_model("default", dtype="fp32", trainable=True)
     cfg = RlStage(kind="rl", algorithm="grpo", steps=steps, prompts_per_step=PROMPTS, group_size=G,
                   decoding=Decoding(temperature=TEMPERATURE, max_new_tokens=MAX_NEW), kl_coef=0.0, reward=REWARD,
                   optim=OptimConfig(lr=LR, schedule="constant"), save_every=10_000, seed=SEED)
     reward_fn = build_reward(cfg.reward, None, task_cfg)
-    engine = make_engine(policy, tok, kind="torch", max_batch=PROMPTS * G, progress=False)
+    engine = make_engine(policy, tok, kind="torch", max_batch=PROMPTS * G, dtype=dtype, progress=False)
     clock = StepClock()
-    loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn, store=clock)
+    loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn, store=clock,
+                  dtype=dtype)
     start = now()
     train_rl(loop, progress=False)
     m = clock.metrics
@@ -97,7 +101,7 @@ def run_ours(problems, task_cfg, steps: int) -> dict:
     return {**out, "skipped_updates": sum(1 for x in m if not x.get("trained_samples"))}
 
 
-def run_trl(problems, task_cfg, steps: int) -> dict:
+def run_trl(problems, task_cfg, steps: int, dtype: str) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -144,7 +148,7 @@ def run_trl(problems, task_cfg, steps: int) -> dict:
                      gradient_accumulation_steps=1, generation_batch_size=PROMPTS * G, num_generations=G,
                      max_completion_length=MAX_NEW, temperature=TEMPERATURE, top_p=1.0, top_k=0,
                      learning_rate=LR, lr_scheduler_type="constant", beta=0.0, num_iterations=1, epsilon=0.2,
-                     scale_rewards="group", max_steps=steps, use_cpu=True, bf16=False,
+                     scale_rewards="group", max_steps=steps, use_cpu=True, bf16=dtype == "bf16",
                      activation_checkpointing=False, logging_steps=10_000, save_strategy="no", report_to=[],
                      dataloader_num_workers=0, disable_tqdm=True, seed=SEED)
     ds = Dataset.from_list([{"prompt": t, "idx": i} for i, t in enumerate(texts)])
@@ -163,27 +167,39 @@ def main() -> None:
     measured = args.steps or (1 if args.quick else 5)
     task_cfg = TaskConfig()
     problems = load_task(task_cfg).train[:PROMPTS]
-    rows = {OURS: run_apart(run_ours, problems, task_cfg, 1 + measured),
-            TRL: run_apart(run_trl, problems, task_cfg, 1 + measured)}
-    print(f"\nGRPO on {PROMPTS} GSM8K prompts x G={G}, <= {MAX_NEW} new tokens, lr {LR}, fp32, "
-          f"{torch.get_num_threads()} threads; 1 warm-up + {measured} measured steps per side; {cpu_kind()}")
-    print(f"{'run':<38}{'s/step':>8}{'cpu s':>8}{'gen s':>8}{'tok/s':>8}{'mean len':>10}{'reward':>8}{'peak MB':>9}")
+    dtype = best_dtype()
+    ours_name, trl_name = f"reasonloop GRPO {dtype} (torch engine)", f"trl GRPOTrainer {dtype} (hf generate)"
+    rows = {ours_name: run_apart(run_ours, problems, task_cfg, 1 + measured, dtype),
+            trl_name: run_apart(run_trl, problems, task_cfg, 1 + measured, dtype)}
+    peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32, 2048 if dtype == "fp32" else 1024, 3)
+    _, tok = load_model("default")
+    prompt_tokens = G * sum(len(encode_prompt(tok, prompt_text(tok, p.question, task_cfg.prompt,
+                                                                task_cfg.answer_format))) for p in problems)
+    print(f"\nGRPO on {PROMPTS} GSM8K prompts x G={G}, <= {MAX_NEW} new tokens, lr {LR}, both sides {dtype}, "
+          f"{torch.get_num_threads()} threads; 1 warm-up + {measured} measured steps per side; matmul peak "
+          f"{peak:.0f} GFLOP/s; {cpu_kind()}")
+    print(f"{'run':<40}{'s/step':>8}{'cpu s':>8}{'gen s':>8}{'tok/s':>8}{'mean len':>10}{'reward':>8}{'MFU':>7}"
+          f"{'peak MB':>9}")
     for name, r in rows.items():
-        print(f"{name:<38}{r['s_per_step']:>8.1f}{r['cpu_s_per_step']:>8.1f}{r['gen_seconds_per_step']:>8.1f}"
-              f"{r['tokens_per_s']:>8.1f}{r['mean_completion_len']:>10.1f}{r['reward_mean']:>8.2f}"
+        # per step: every prompt and completion token is prefilled or decoded once (2 FLOPs per parameter)
+        # and trained once (6); the same model on both sides, so the same count per token
+        tokens = prompt_tokens + sum(r["completion_tokens"]) / len(r["completion_tokens"])
+        r["mfu"] = 8 * PARAMS * tokens / r["s_per_step"] / (peak * 1e9)
+        print(f"{name:<40}{r['s_per_step']:>8.1f}{r['cpu_s_per_step']:>8.1f}{r['gen_seconds_per_step']:>8.1f}"
+              f"{r['tokens_per_s']:>8.1f}{r['mean_completion_len']:>10.1f}{r['reward_mean']:>8.2f}{r['mfu']:>7.1%}"
               f"{r.get('peak_rss_mb', float('nan')):>9.0f}")
         if r["threads_busy"] < 0.75 * torch.get_num_threads():  # CPU seconds / wall seconds per step
             print(f"  warning: {name} kept {r['threads_busy']:.1f} of {torch.get_num_threads()} threads busy "
                   f"(1-min load {r['load_avg_1min']:.1f}): other work on this machine slowed it")
-    trl, ours = rows[TRL]["s_per_step"], rows[OURS]["s_per_step"]
-    tok_ratio = rows[OURS]["tokens_per_s"] / rows[TRL]["tokens_per_s"]
-    result = dict(model="SmolLM2-135M-Instruct", dtype="float32", prompts=PROMPTS, group_size=G,
+    trl, ours = rows[trl_name]["s_per_step"], rows[ours_name]["s_per_step"]
+    tok_ratio = rows[ours_name]["tokens_per_s"] / rows[trl_name]["tokens_per_s"]
+    result = dict(model="SmolLM2-135M-Instruct", dtype=dtype, prompts=PROMPTS, group_size=G,
                   max_new_tokens=MAX_NEW, lr=LR, temperature=TEMPERATURE, warmup_steps=1, measured_steps=measured,
-                  quick=args.quick, threads=torch.get_num_threads(), cpu=cpu_kind(),
-                  runs=rows, ratio=trl / ours, tokens_per_s_ratio=tok_ratio,
-                  memory_ratio=rows[OURS]["peak_rss_mb"] / rows[TRL]["peak_rss_mb"])  # < 1: we use less
+                  quick=args.quick, threads=torch.get_num_threads(), cpu=cpu_kind(), matmul_peak_gflops=peak,
+                  prompt_tokens_per_step=prompt_tokens, runs=rows, ratio=trl / ours, tokens_per_s_ratio=tok_ratio,
+                  memory_ratio=rows[ours_name]["peak_rss_mb"] / rows[trl_name]["peak_rss_mb"])  # < 1: we use less
     print(f"peak resident memory, ours / TRL: {result['memory_ratio']:.2f}")
-    skipped = rows[OURS]["skipped_updates"]
+    skipped = rows[ours_name]["skipped_updates"]
     if skipped:  # the two sides did different work: no ratio
         result.update(ratio=None, tokens_per_s_ratio=None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

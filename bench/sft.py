@@ -26,7 +26,7 @@ from reasonloop.stages.sft import SftTrainer
 from reasonloop.stages.sft_data import examples_from_pairs, gold_pairs
 from reasonloop.tasks import load_task
 
-from apart import cpu_kind, run_apart  # bench/apart.py: one side per fresh process, with its peak memory
+from apart import best_dtype, cpu_kind, run_apart  # bench/apart.py: one side per fresh process, with its peak memory
 from generate import matmul_peak  # bench/generate.py: best-of-N square matmul, GFLOP/s
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,13 +51,13 @@ def run_trl(pairs, batch, max_length, bf16: bool, packing: bool) -> dict:
     return {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs}
 
 
-def run_ours(examples, batch_tokens, grad_accum) -> dict:
+def run_ours(examples, batch_tokens, grad_accum, dtype: str) -> dict:
     model, tok = load_model("default", dtype="fp32", trainable=True)
     cfg = SftStage(kind="sft", epochs=1, batch_tokens=batch_tokens, grad_accum=grad_accum, max_length=256,
                    optim={"lr": 1e-5}, save_every=10_000)
     tokens = sum(len(e.ids) for e in examples)
     t = time.perf_counter()
-    SftTrainer(model, tok, examples, cfg).train(progress=False)
+    SftTrainer(model, tok, examples, cfg, dtype=dtype).train(progress=False)
     secs = time.perf_counter() - t
     return {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs}
 
@@ -75,26 +75,29 @@ def main() -> None:
     params = 134.5e6
     peak32 = matmul_peak(torch.float32, 2048, 5) * 1e9
     peak16 = matmul_peak(torch.bfloat16, 1024, 2) * 1e9
+    dtype = best_dtype()  # both sides: fp32 weights, bf16 autocast where this CPU has fast bf16
+    peak = peak16 if dtype == "bf16" else peak32
     rows = {}
-    rows["trl fp32 (batch 8)"] = run_apart(run_trl, pairs, 8, 256, False, False)
-    if not args.quick:
-        rows["trl fp32 packing (batch 8)"] = run_apart(run_trl, pairs, 8, 256, False, True)
+    ours_name = f"reasonloop {dtype} (8 ex/step, packed)"
     mean_len = sum(len(e.ids) for e in examples) / len(examples)
-    rows["reasonloop fp32 (8 ex/step, packed)"] = run_apart(run_ours, examples, int(mean_len * 8) + 1, 1)
+    rows[ours_name] = run_apart(run_ours, examples, int(mean_len * 8) + 1, 1, dtype)
+    rows[f"trl {dtype} (batch 8)"] = run_apart(run_trl, pairs, 8, 256, dtype == "bf16", False)
+    if not args.quick:
+        rows[f"trl {dtype} packing (batch 8)"] = run_apart(run_trl, pairs, 8, 256, dtype == "bf16", True)
     print(f"\nSFT on {len(examples)} GSM8K examples, mean {mean_len:.0f} tokens; matmul peak fp32 "
-          f"{peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s; {cpu_kind()}")
-    print(f"{'run':<40}{'seconds':>9}{'tokens/s':>10}{'MFU fp32':>10}{'peak MB':>9}")
+          f"{peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s; both sides {dtype}; {cpu_kind()}")
+    print(f"{'run':<40}{'seconds':>9}{'tokens/s':>10}{'MFU ' + dtype:>10}{'peak MB':>9}")
     for name, r in rows.items():
-        r["mfu_fp32"] = 6 * params * r["tokens_per_s"] / peak32
-        print(f"{name:<40}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.1f}{r['mfu_fp32']:>10.1%}"
+        r["mfu"] = 6 * params * r["tokens_per_s"] / peak  # 6 FLOPs per parameter per trained token
+        print(f"{name:<40}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.1f}{r['mfu']:>10.1%}"
               f"{r.get('peak_rss_mb', float('nan')):>9.0f}")
     trl_best = max(v["tokens_per_s"] for k, v in rows.items() if k.startswith("trl"))
-    ours = rows["reasonloop fp32 (8 ex/step, packed)"]["tokens_per_s"]
+    ours = rows[ours_name]["tokens_per_s"]
     trl_mem = min(v["peak_rss_mb"] for k, v in rows.items() if k.startswith("trl"))
-    memory_ratio = rows["reasonloop fp32 (8 ex/step, packed)"]["peak_rss_mb"] / trl_mem  # < 1: we use less
+    memory_ratio = rows[ours_name]["peak_rss_mb"] / trl_mem  # < 1: we use less
     print(f"peak resident memory, ours / TRL's smallest: {memory_ratio:.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"cpu": cpu_kind(), "examples": len(examples), "peak_fp32": peak32,
+    Path(args.out).write_text(json.dumps({"cpu": cpu_kind(), "dtype": dtype, "examples": len(examples), "peak_fp32": peak32,
                                           "peak_bf16": peak16,
                                           "runs": rows, "ratio": ours / trl_best, "memory_ratio": memory_ratio},
                                          indent=2))
