@@ -11,7 +11,9 @@ loss and the mask it applies to; ``sft_loss`` then reduces with ``aggregate``.
 - ``profit``: ``-log p`` only on tokens with ``p >= tau`` ("ProFit: Leveraging High-Value Signals in SFT
   via Probability-Guided Token Selection"); the others leave the mask.
 - ``prob``: ``-p**k`` ("Beyond Log Likelihood: Probability-Based Objectives for SFT across the Model
-  Capability Continuum"): better than NLL when the model is already strong on the task.
+  Capability Continuum"): better than NLL when the model is already strong on the task. Its gradient is
+  ``k * p**k`` times NLL's per token, so ``k = 1`` trains exactly as ``dft`` does (same gradient, other
+  loss values); ``k < 1`` lies between NLL and DFT.
 """
 
 from __future__ import annotations
