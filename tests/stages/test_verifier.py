@@ -45,6 +45,7 @@ def test_split_questions_is_seeded_and_leaves_some_to_train_on():
 def test_verifier_quality_by_hand():
     q = verifier_quality([2.0, -1.0, 0.5, -3.0], [True, False, False, False])
     assert q["accuracy"] == 0.75 and q["auc"] == 1.0 and q["base_rate"] == 0.25 and q["n"] == 4
+    assert q["right"] == 1  # logged beside the AUC: one right sample makes it that sample's rank, 0 or 1
     assert verifier_quality([], []) == {}
 
 

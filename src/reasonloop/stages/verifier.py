@@ -133,7 +133,8 @@ def verifier_quality(logits: list[float], correct: list[bool]) -> dict:
     n = len(probs)
     return {"accuracy": sum((p > 0.5) == ok for p, ok in zip(probs, correct)) / n,
             "auc": roc_auc(logits, correct), "brier": sum((p - ok) ** 2 for p, ok in zip(probs, correct)) / n,
-            "base_rate": sum(correct) / n, "n": n, "calibration": calibration_bins(probs, correct)}
+            "base_rate": sum(correct) / n, "n": n, "right": sum(correct),
+            "calibration": calibration_bins(probs, correct)}
 
 
 def _init_ref(ctx, cfg) -> str:
@@ -177,9 +178,11 @@ def run(ctx, cfg, name: str) -> dict:
             for r, x in zip(test_rows, logits)])
         save_hf_folder(model, tok, out)
     dist.barrier()
-    log.info("%s: %d samples (%.1f%% right); held out %d questions: accuracy %s, AUC %s", name, len(rows),
-             100 * sum(r["correct"] for r in rows) / max(1, len(rows)), len(held_out), quality.get("accuracy"),
-             quality.get("auc"))
+    # The AUC's sample size beside it: with one right sample among 96 it is that sample's rank, 0 or 1.
+    log.info("%s: %d samples (%.1f%% right); held out %d questions: accuracy %s, AUC %s (%s right, %s wrong "
+             "held-out samples)", name, len(rows), 100 * sum(r["correct"] for r in rows) / max(1, len(rows)),
+             len(held_out), quality.get("accuracy"), quality.get("auc"), quality.get("right"),
+             quality.get("n", 0) - quality.get("right", 0))
     return {**result, "verifier": str(out), "samples": len(rows),
             "sample_accuracy": sum(r["correct"] for r in rows) / max(1, len(rows)),
             "train_questions": len({r["problem_id"] for r in train_rows}), "heldout_questions": len(held_out),
