@@ -33,12 +33,25 @@ def _writer(path):
         s.log_metrics("a", step, {f"k{i}": float(i) for i in range(50)})
 
 
+def _rows(path) -> int:
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    finally:
+        conn.close()
+
+
 def test_sigkill_mid_write_leaves_a_readable_store(tmp_path):
     path = tmp_path / "s.sqlite"
     RunStore(path).close()
     proc = mp.get_context("spawn").Process(target=_writer, args=(path,))
     proc.start()
-    time.sleep(1.5)
+    # Kill once the writer is writing (a fixed sleep either wasted a second or, on a loaded machine, could
+    # end before the spawned interpreter wrote anything), a moment into its stream of transactions.
+    deadline = time.monotonic() + 60
+    while _rows(path) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     conn = sqlite3.connect(path)

@@ -17,12 +17,13 @@ from pathlib import Path
 from reasonloop.errors import UserError
 
 LOCK_FILE = "run.lock"
+HOLDER_WAIT_S = 1.0  # how long a holder that has just taken the lock gets to write its name
 
 
-def _read_holder(fd: int, wait_s: float = 1.0) -> str:
+def _read_holder(fd: int) -> str:
     """The holder's text; a holder that has just taken the lock may not have written it yet, so wait a
     moment for it rather than naming nobody."""
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + HOLDER_WAIT_S
     while True:
         text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
         if text or time.monotonic() > deadline:
