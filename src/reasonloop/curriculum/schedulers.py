@@ -19,15 +19,12 @@ Schedulers (``CurriculumConfig.scheduler``):
 - ``none``: uniform.
 - ``static``: easy -> hard buckets unlocked by a pacing function of training progress
   (competence-based pacing: linear or root, as in Platanios et al. 2019; or discrete steps).
-- ``anneal``: every problem is sampled, hard ones with low weight rising linearly to uniform
-  by the end of the stage (MacAvaney et al., "Training Curricula for Open Domain Answer
-  Re-Ranking", SIGIR 2020).
-- ``adarft``: a target difficulty moved after each batch by the reward error; batches are the
-  problems nearest the target (Shi et al., "Efficient Reinforcement Finetuning via Adaptive
-  Curriculum Learning", 2025).
-- ``sec``: a non-stationary bandit over difficulty buckets; arm reward = mean absolute
-  advantage of its problems in the last batch, TD(0) values, Boltzmann sampling (Chen et al.,
-  "Self-Evolving Curriculum for LLM Reasoning", 2025).
+- ``anneal``: every problem is sampled, hard ones with low weight rising linearly to uniform by the end
+  of the stage (MacAvaney et al., "Training Curricula for Open Domain Answer Re-Ranking", SIGIR 2020).
+- ``adarft``: a target difficulty moved after each batch by the reward error; batches are the problems
+  nearest the target (Shi et al., "Efficient Reinforcement Finetuning via Adaptive Curriculum Learning").
+- ``sec``: a non-stationary bandit over difficulty buckets; arm reward = mean absolute advantage of its
+  problems in the last batch, TD(0) values, Boltzmann sampling (Chen et al., "Self-Evolving Curriculum").
 - ``signal``: each problem's pass rate tracked as a decayed Beta posterior over its sampled groups;
   problems drawn by softmax over expected reward variance (split groups return, flat ones rarely).
 - ``levels``: procedural tasks with declared levels (``task.gym.levels``): sample the current
