@@ -137,7 +137,12 @@ def full_state_dict(model) -> dict[str, torch.Tensor] | None:
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    hf = unwrap(model)
+    weights = get_model_state_dict(hf, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # A tied weight (the LM head sharing the embedding) comes back under each name as separate tensors; keep
+    # the first name only, as a whole model's save_pretrained does, so both write the same files.
+    names = {n for n, _ in hf.named_parameters()} | {n for n, _ in hf.named_buffers()}
+    return {k: v for k, v in weights.items() if k in names}
 
 
 def load_full_state_dict(model, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
