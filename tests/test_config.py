@@ -103,6 +103,10 @@ def test_every_field_has_a_docstring_or_is_self_evident():
      r"r.yaml:3: stages\[0\].curriculum.difficulty: expected 'metadata', 'pass_rate' or 'length', got 'vibes'$"),
     ("stages:\n  - kind: sft\n    curriculum: {scheduler: static, buckets: 4}\n",
      r"r.yaml:3: stages\[0\].curriculum.buckets: unknown setting"),
+    ("stages:\n  - kind: sft\nrun:\n  parallel: zero\n", r"r.yaml:4: run.parallel: expected 'ddp' or 'fsdp', got 'zero'$"),
+    ("model: {lora: {r: 8}}\nstages:\n  - kind: sft\nrun: {parallel: fsdp}\n",
+     r"run.parallel: fsdp shards full fine-tuning, and model.lora trains adapters of a few MB; use run.parallel: "
+     r"ddp with LoRA \(or drop model.lora\)$"),
 ])
 def test_cross_field_checks_fail_at_validation(tmp_path, text, message):
     with pytest.raises(UserError, match=message):

@@ -48,14 +48,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _save_weights(model, folder: Path, tokenizer) -> None:
+def _save_weights(model, folder: Path, tokenizer, weights: dict | None) -> None:
+    """`weights`: an FSDP model's whole weights (parallel.full_state_dict), else None (the model's own)."""
     from reasonloop.models import unwrap
 
     target = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
     if hasattr(target, "peft_config"):
         target.save_pretrained(folder)  # adapter only; the base model is the stage's input
     else:
-        unwrap(target).save_pretrained(folder, safe_serialization=True)
+        unwrap(target).save_pretrained(folder, safe_serialization=True, state_dict=weights)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 
@@ -68,11 +69,21 @@ def _json_value(value):
 def save_checkpoint(folder: str | Path, model, tokenizer, optimizer, scheduler, state: dict,
                     extra_modules: dict[str, torch.nn.Module] | None = None) -> Path:
     """Write model + trainer state to `folder` atomically (temp folder, then rename). `state` (step, data
-    position, curriculum, last metrics) is stored as JSON text: the file holds tensors and plain data only."""
+    position, curriculum, last metrics) is stored as JSON text: the file holds tensors and plain data only.
+
+    Under torchrun every rank calls it: an FSDP model's weights and optimizer state are gathered from all
+    ranks, whole, into the same files a single process writes; rank 0 alone writes them.
+    """
+    from reasonloop import dist, parallel
+
     folder = Path(folder)
+    weights = parallel.full_state_dict(model)
+    opt_state = parallel.optimizer_state(optimizer) if optimizer is not None else None
+    if not dist.is_main():
+        return folder
     with replace_folder(folder, what="the checkpoint", kept="the previous checkpoint is kept") as tmp:
-        _save_weights(model, tmp / "model", tokenizer)
-        torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None,
+        _save_weights(model, tmp / "model", tokenizer, weights)
+        torch.save({"optimizer": opt_state,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "rng": rng_state(), "state_json": json.dumps(state, default=_json_value),
                     "modules": {k: m.state_dict() for k, m in (extra_modules or {}).items()}},
@@ -172,13 +183,13 @@ def resume_training(ckpt_dir: str | Path | None, model, optimizer, scheduler, *,
     Rows the run store holds for `stage` after the checkpoint's step (all of them, without one) are
     dropped: a killed run logged them after its last checkpoint, and the resumed run logs them again.
     """
-    from reasonloop import dist
+    from reasonloop import dist, parallel
 
     found = read_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     state = None
     if found is not None:
         load_weights_into(model, found)
-        optimizer.load_state_dict(found.optimizer)
+        parallel.load_optimizer_state(optimizer, found.optimizer)
         scheduler.load_state_dict(found.scheduler)
         for name, module in (modules or {}).items():
             module.load_state_dict(found.modules[name])
@@ -191,7 +202,8 @@ def resume_training(ckpt_dir: str | Path | None, model, optimizer, scheduler, *,
 
 
 def load_weights_into(model, checkpoint: Checkpoint) -> None:
-    """Copy a checkpoint's weights into an already built model (full or LoRA)."""
+    """Copy a checkpoint's weights into an already built model (full, FSDP-sharded or LoRA)."""
+    from reasonloop import parallel
     from reasonloop.models import unwrap
 
     target = model.module if hasattr(model, "module") and not hasattr(model, "config") else model
@@ -200,9 +212,25 @@ def load_weights_into(model, checkpoint: Checkpoint) -> None:
 
         set_peft_model_state_dict(target, checkpoint.weights)
         return
-    missing, unexpected = unwrap(target).load_state_dict(checkpoint.weights, strict=False)
+    if parallel.is_sharded(target):  # every rank read the whole checkpoint; each keeps its shard
+        missing, unexpected = parallel.load_full_state_dict(target, checkpoint.weights)
+    else:
+        missing, unexpected = unwrap(target).load_state_dict(checkpoint.weights, strict=False)
     # Tied embeddings are saved once; anything else missing means the checkpoint is not this model.
     missing = [k for k in missing if "lm_head" not in k]
     if missing or unexpected:
         raise UserError(f"{checkpoint.path}: checkpoint does not match the model (missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}); delete it to restart this stage from its first step")
+
+
+def save_model_folder(model, tokenizer, out: str | Path) -> Path:
+    """A training stage's output model as a plain HF folder. Under torchrun every rank calls it (an FSDP model
+    is gathered whole from all ranks); rank 0 writes, and every rank returns once the folder is there."""
+    from reasonloop import dist, parallel
+    from reasonloop.models import save_hf_folder
+
+    weights = parallel.full_state_dict(model)
+    if dist.is_main():
+        save_hf_folder(model, tokenizer, out, state_dict=weights)
+    dist.barrier()
+    return Path(out)

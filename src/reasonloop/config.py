@@ -120,6 +120,11 @@ class RunConfig(Strict):
     arms; change in response length)."""
     progress: bool = True
     """Show progress bars."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """How training spreads over the processes under torchrun (reasonloop.parallel). `ddp`: every process holds
+    the whole model, gradients and optimizer state. `fsdp` (PyTorch FSDP2): each of N processes holds 1/N of
+    them, for full fine-tuning that does not fit on one GPU with ddp (e.g. 7B); the rollout engine then
+    samples from a whole copy in the compute dtype. Same losses either way; one process ignores it."""
 
 
 class Recipe(Strict):
@@ -182,6 +187,13 @@ class Recipe(Strict):
                 if ref in names and ref not in earlier:
                     raise ValueError(f"stages[{i}].{where}: {ref!r} is not a verifier stage before this one "
                                      f"(earlier verifier stages: {', '.join(earlier) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_trains_all_weights(self):
+        if self.run.parallel == "fsdp" and self.model.lora is not None:
+            raise ValueError("run.parallel: fsdp shards full fine-tuning, and model.lora trains adapters of a few "
+                             "MB; use run.parallel: ddp with LoRA (or drop model.lora)")
         return self
 
     @model_validator(mode="after")

@@ -121,11 +121,14 @@ def sync_gradients(params) -> None:
     Gradients are flattened into one buffer per dtype so the all-reduce is one call per dtype, not one
     per tensor. A parameter without a gradient on this rank (a rank with no micro-batch this step)
     joins with zeros, so every rank reduces buffers of the same size; a parameter no rank touched
-    keeps `grad = None`, as it would in one process.
+    keeps `grad = None`, as it would in one process. Parameters FSDP shards (reasonloop.parallel) are left
+    out: FSDP reduce-scatters their gradients itself, in the backward.
     """
     if not active():
         return
-    params = [p for p in params if p.requires_grad]
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
     if not params:
         return
     had = torch.tensor([float(p.grad is not None) for p in params])  # [P]

@@ -167,10 +167,10 @@ def unwrap(model):
 
 
 def backbone_and_head(model):
-    """(decoder without LM head, head weight [V, H]) of a CausalLM (peft/DDP wrappers allowed).
+    """(decoder without LM head, head weight [V, H]) of a CausalLM (peft wrappers allowed).
 
-    Calling the backbone of a DDP-wrapped model bypasses DDP's hooks, so DDP callers use
-    `model(...)` on a wrapper module that returns hidden states instead (see reasonloop.dist).
+    Under FSDP the head weight is whole only after a forward through `parallel.backbone_call` (the root
+    keeps its weights gathered until the backward): read it after the decoder ran, as the loops do.
     """
     base = unwrap(model)
     return backbone(base), base.get_output_embeddings().weight
@@ -224,16 +224,23 @@ def load_model(path: str, dtype: str = "auto", device: torch.device | str | None
     return track(model, f"model {path}"), tok
 
 
-def load_trainable(path: str, model_cfg):
+def load_trainable(path: str, model_cfg, parallel: str = "ddp"):
     """(model, tokenizer) to train, as the recipe's `model:` section (a ModelConfig) says: fp32 master
-    weights, LoRA adapters if asked, gradient checkpointing if asked."""
-    model, tok = load_model(path, dtype=model_cfg.dtype, lora=model_cfg.lora, trainable=True)
+    weights, LoRA adapters if asked, gradient checkpointing if asked; spread over the processes as
+    `run.parallel` says (reasonloop.parallel.shard)."""
+    from reasonloop import dist
+    from reasonloop.parallel import shard
+
+    # FSDP moves each unit's shard to the GPU as it wraps it: loading on the CPU first keeps a whole copy
+    # of the model off every GPU.
+    device = "cpu" if parallel == "fsdp" and dist.active() else None
+    model, tok = load_model(path, dtype=model_cfg.dtype, lora=model_cfg.lora, trainable=True, device=device)
     if model_cfg.gradient_checkpointing:
         from reasonloop.packing import keep_packed_attention
 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         keep_packed_attention(model)
-    return model, tok
+    return shard(model, parallel), tok
 
 
 def add_lora(model, lora):
@@ -245,10 +252,12 @@ def add_lora(model, lora):
     return get_peft_model(model, cfg)
 
 
-def save_hf_folder(model, tokenizer, out: str | Path, merge_lora: bool = True) -> Path:
+def save_hf_folder(model, tokenizer, out: str | Path, merge_lora: bool = True,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write safetensors + config + tokenizer (+ chat template) atomically: temp folder, then rename.
 
-    A LoRA model is merged into its base so the folder loads with plain transformers and vLLM.
+    A LoRA model is merged into its base so the folder loads with plain transformers and vLLM. `state_dict`:
+    the weights to write instead of the model's own (an FSDP model's, gathered whole).
     """
     out = Path(out)
     to_save = model
@@ -257,7 +266,7 @@ def save_hf_folder(model, tokenizer, out: str | Path, merge_lora: bool = True) -
 
         to_save = copy.deepcopy(model).merge_and_unload()
     with replace_folder(out, what="the model", kept="nothing else was changed") as tmp:
-        to_save.save_pretrained(tmp, safe_serialization=True)
+        to_save.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out

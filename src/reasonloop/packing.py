@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from reasonloop.models import backbone, backbone_and_head, unwrap  # noqa: F401  (they lived here; import them from models)
+from reasonloop.parallel import backbone_call
 
 ATTN_NAME = "reasonloop_packed"
 
@@ -162,7 +163,7 @@ def packed_attention_mode(model):
 
 def packed_hidden(model, batch: PackedBatch) -> torch.Tensor:
     """Final hidden states [N, H] of a packed batch."""
-    body = backbone(model)  # a causal LM's or a verifier's (sequence-classification) decoder
+    body = backbone_call(model)  # a causal LM's or a verifier's (sequence-classification) decoder
     with packed_attention_mode(model):
         out = body(input_ids=batch.input_ids, position_ids=batch.position_ids, packed=batch, use_cache=False)
     return out.last_hidden_state[0]

@@ -13,6 +13,7 @@ import logging
 import torch
 
 from reasonloop.generate import make_engine
+from reasonloop.parallel import generation_model
 from reasonloop.metrics import majority_vote, mean_interval, pass_at_k, wilson_interval
 from reasonloop.stages.rollout import Judged, prompts_for, sample_and_judge, sampling_params
 from reasonloop.runs.compare import paired_with_previous
@@ -165,10 +166,12 @@ def periodic_eval(ctx, model, tokenizer, cfg, engine=None):
     def run_eval(step: int) -> float:
         was_training = model.training
         model.eval()
-        used = engine or make_engine(model, tokenizer, kind=ctx.recipe.run.engine, max_batch=eval_cfg.batch_size,
+        # Under FSDP the engine samples from a whole copy of the weights (every rank gathers them here).
+        sampled = model if engine is not None else generation_model(model, ctx.recipe.model.dtype)
+        used = engine or make_engine(sampled, tokenizer, kind=ctx.recipe.run.engine, max_batch=eval_cfg.batch_size,
                                      dtype=ctx.recipe.model.dtype, progress=False)
         with torch.no_grad():
-            top1 = evaluate(model, tokenizer, ctx.task.test, ctx.recipe.task, eval_cfg, engine=used,
+            top1 = evaluate(sampled, tokenizer, ctx.task.test, ctx.recipe.task, eval_cfg, engine=used,
                             progress=False)["top1"]
         model.train(was_training)
         return top1

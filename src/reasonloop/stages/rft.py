@@ -195,7 +195,8 @@ def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, o
                  stats: list[dict]) -> dict:
     """Fine-tune `init_ref` on the kept rows with the SFT loop; resume or skip what is done. `stats`: the
     round's per-question statistics, whose pass rates a `train.curriculum` with `difficulty: pass_rate` reads."""
-    from reasonloop.models import load_model, load_trainable, save_hf_folder
+    from reasonloop.checkpoint import save_model_folder
+    from reasonloop.models import load_model, load_trainable
     from reasonloop.stages.sft import SftTrainer
     from reasonloop.stages.sft_data import curriculum_order, examples_from_pairs
 
@@ -207,7 +208,7 @@ def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, o
     if not kept:
         raise UserError(f"{name}: round {r} kept no solutions to train on (no correct samples and no gold "
                         "solutions); raise k or budget, or set include_gold with a task that has gold reasoning")
-    model, tok = load_trainable(init_ref, ctx.recipe.model)
+    model, tok = load_trainable(init_ref, ctx.recipe.model, ctx.recipe.run.parallel)
     examples = examples_from_pairs(tok, [(k["problem_id"], k["prompt"], k["response"]) for k in kept],
                                    cfg.train.max_length)
     # The round's own measurement: the pass rate of the model that sampled, on exactly these questions.
@@ -225,8 +226,7 @@ def _train_round(ctx, cfg, name: str, r: int, kept: list[dict], init_ref: str, o
     result = saved or result  # a run killed after training and before saving resumes at the last step
     if dist.is_main():
         write_text_atomic(rdir / "train.json", json.dumps(result))
-        save_hf_folder(model, tok, out)
-    dist.barrier()
+    save_model_folder(model, tok, out)
     del model, ref_model, trainer
     gc.collect()
     return result

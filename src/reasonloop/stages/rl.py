@@ -32,6 +32,7 @@ from reasonloop.checkpoint import resume_training, save_checkpoint
 from reasonloop.errors import UserError
 from reasonloop.models import resolve_dtype
 from reasonloop.optim import build_optimizer
+from reasonloop.parallel import clip_grad_norm, generation_model, lockstep
 from reasonloop.stages.rollout import generate_judged, sample_keys, sampling_params
 from reasonloop.stages.rl_batch import (Rollout, completion_mask, curriculum_stats, last_token_scores,
                                         pack_rollout, plan_micro_batches, policy_stats, rollout_metrics,
@@ -54,6 +55,7 @@ class RLLoop:
         self.store, self.stage, self.ckpt_dir, self.eval_fn = store, stage, ckpt_dir, eval_fn
         self.estimator, self.kl_in = cfg.estimator(), cfg.kl_in_or_default()
         self.device = next(policy.parameters()).device
+        self.dtype = dtype
         # The recipe's model.dtype, as the engine reads it: bf16 -> forward passes under bf16 autocast.
         self.bf16 = resolve_dtype(dtype, self.device) == torch.bfloat16
         self.params = [p for p in policy.parameters() if p.requires_grad]
@@ -158,11 +160,14 @@ class RLLoop:
         full_len = max(len(p) + len(c) for p, c in zip(rollout.prompt_ids, rollout.completion_ids))
         out: dict[str, torch.Tensor] = {}
         ctx = model.disable_adapter() if disable_adapter else nullcontext()
+        plan = plan_micro_batches(rollout, list(range(n)), self.cfg.micro_batch_tokens)
         with torch.no_grad(), ctx, self._autocast():
-            for rows in plan_micro_batches(rollout, list(range(n)), self.cfg.micro_batch_tokens):
+            for rows, real in lockstep(model, plan, spare=plan[0]):
                 batch = pack_rollout(rollout, rows, self.device)
                 stats = policy_stats(model, batch, self.cfg.decoding.temperature,
                                      value_head=self.value_head if values else None)
+                if not real:  # a spare forward, only to join FSDP's collectives
+                    continue
                 for k, v in stats.items():
                     out.setdefault(k, torch.zeros(n, full_len, dtype=torch.float32, device=self.device))
                     out[k][rows, : batch.max_len] = v.float()
@@ -228,13 +233,14 @@ class RLLoop:
         if dist.active():
             total = dist.all_reduce_sum(torch.tensor([total], dtype=torch.float64)).item()
         metrics: dict[str, float] = {}
-        for m, count in zip(micro, counts):
-            part = count / total if total > 0 else 0.0
-            for k, v in self._micro_loss(rollout, m, old, ref_logp, adv, returns, part).items():
+        for (m, count), real in lockstep(self.policy, list(zip(micro, counts)), spare=(micro[0], 0)):
+            part = count / total if total > 0 and real else 0.0  # a spare pass (FSDP lockstep) adds nothing
+            parts = self._micro_loss(rollout, m, old, ref_logp, adv, returns, part)
+            for k, v in parts.items() if real else ():
                 metrics[k] = metrics.get(k, 0.0) + v * part
         dist.sync_gradients(self.params)
         metrics = dist.sum_metrics(metrics) if dist.active() else metrics
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.max_grad_norm or 1e9))
+        metrics["grad_norm"] = clip_grad_norm(self.params, cfg.optim.max_grad_norm or 1e9)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return metrics
@@ -266,7 +272,8 @@ class RLLoop:
 
     # ------------------------------------------------------------------ bookkeeping
     def save(self) -> None:
-        if self.ckpt_dir is None or not dist.is_main():
+        """Every rank calls it (an FSDP policy is gathered); rank 0 writes."""
+        if self.ckpt_dir is None:
             return
         extra = {"value_head": self.value_head} if self.value_head is not None else None
         save_checkpoint(self.ckpt_dir, self.policy, self.tok, self.opt, self.sched, dict(self.state), extra)
@@ -277,7 +284,7 @@ class RLLoop:
                                 stage=self.stage, modules=modules)
         if state is not None:
             self.state = state
-            self.engine.update_weights(self.policy)
+            self.engine.update_weights(generation_model(self.policy, self.dtype))
 
     def step(self) -> dict[str, float]:
         """One rollout-and-update step; returns its metrics."""
@@ -291,8 +298,8 @@ class RLLoop:
         if dist.all_reduce_max(float(rollout is None)) == 0 and \
                 dist.all_reduce_max(float(self._has_signal(rollout))) > 0:
             metrics.update(self.update(rollout))
-            with self._timed("sync"):  # the rollout engine takes the new weights
-                self.engine.update_weights(self.policy)
+            with self._timed("sync"):  # the rollout engine takes the new weights (whole, under FSDP too)
+                self.engine.update_weights(generation_model(self.policy, self.dtype))
         else:
             self._skip_update(metrics)
         self._update_curriculum(sampled)

@@ -26,14 +26,16 @@ def run(ctx, cfg, name: str) -> dict:
 
     from reasonloop.curriculum import estimate_difficulty, make_curriculum
     from reasonloop.generate import make_engine
-    from reasonloop.models import load_model, load_trainable, save_hf_folder
+    from reasonloop.checkpoint import save_model_folder
+    from reasonloop.models import load_model, load_trainable
+    from reasonloop.parallel import generation_model
     from reasonloop.stages.evaluate import periodic_eval
     from reasonloop.verify.rewards import build_reward
 
     recipe, task_cfg = ctx.recipe, ctx.recipe.task
     index = recipe.stage_names().index(name)
     model_ref = ctx.resolve_model(cfg.init_from)
-    policy, tok = load_trainable(model_ref, recipe.model)
+    policy, tok = load_trainable(model_ref, recipe.model, recipe.run.parallel)
     ref_model = None
     if cfg.kl_coef > 0 and recipe.model.lora is None:
         ref_model, _ = load_model(_reference_ref(ctx, cfg), dtype=recipe.model.dtype)
@@ -57,16 +59,16 @@ def run(ctx, cfg, name: str) -> dict:
     rewards = [resolve_verifier_reward(ctx, n) for n in cfg.reward]  # `verifier:<stage>` -> its folder
     reward_fn = build_reward(rewards, cfg.reward_weights, task_cfg, where=f"stages[{index}].reward")
     slots = cfg.batch_size or cfg.prompts_per_step * cfg.group_size
-    engine = make_engine(policy, tok, kind=recipe.run.engine, max_batch=slots, dtype=recipe.model.dtype, progress=False)
+    # Under FSDP the engine samples from a whole copy of the policy (parallel.generation_model).
+    engine = make_engine(generation_model(policy, recipe.model.dtype), tok, kind=recipe.run.engine, max_batch=slots,
+                         dtype=recipe.model.dtype, progress=False)
     loop = RLLoop(policy, tok, problems, cfg, task_cfg=task_cfg, engine=engine, reward_fn=reward_fn,
                   ref_model=ref_model, value_head=value_head, curriculum=curriculum, store=ctx.store, stage=name,
                   ckpt_dir=ctx.stage_dir(name) / "checkpoint", dtype=recipe.model.dtype)
     loop.eval_fn = periodic_eval(ctx, policy, tok, cfg, engine=engine)
     result = train_rl(loop, ctx.progress)
-    out = ctx.stage_dir(name) / "model"
-    if dist.is_main():
-        save_hf_folder(policy, tok, out)
-        if value_head is not None:  # beside the HF folder, not inside: the folder stays a plain model
-            save_file(value_head.state_dict(), str(ctx.stage_dir(name) / "value_head.safetensors"))
+    out = save_model_folder(policy, tok, ctx.stage_dir(name) / "model")
+    if dist.is_main() and value_head is not None:  # beside the HF folder, not inside: it stays a plain model
+        save_file(value_head.state_dict(), str(ctx.stage_dir(name) / "value_head.safetensors"))
     dist.barrier()
     return {**result, "model": str(out)}

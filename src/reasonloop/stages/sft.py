@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 from reasonloop import dist
 from reasonloop.algos.logprobs import token_logprobs
 from reasonloop.algos.sft_loss import sft_loss
-from reasonloop.checkpoint import resume_training, save_checkpoint
+from reasonloop.checkpoint import resume_training, save_checkpoint, save_model_folder
 from reasonloop.errors import UserError
 from reasonloop.models import backbone_and_head, resolve_dtype
 from reasonloop.optim import build_optimizer
 from reasonloop.packing import pack_sequences, packed_hidden, plan_microbatches
+from reasonloop.parallel import clip_grad_norm, lockstep
 from reasonloop.stages.evaluate import periodic_eval
 from reasonloop.stages.sft_data import Example, curriculum_order, masked_thought, shuffled_order
 from reasonloop.tasks import train_subset
@@ -145,7 +146,7 @@ class SftTrainer:
         the config says. Returns the step's metrics."""
         t0 = time.time()
         metrics = self.gradients(self.plan.step_batches(self.done), step=self.done)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm or float("inf"))
+        grad_norm = clip_grad_norm(self.params, self.cfg.optim.max_grad_norm or float("inf"))
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
@@ -170,9 +171,8 @@ class SftTrainer:
         """
         rank, world = dist.rank(), dist.world_size()
         totals = torch.zeros(5)  # loss numerator, denominator, input tokens, nll sum, response tokens
-        for j, mb in enumerate(batches):
-            if j % world != rank:
-                continue
+        mine = [(j, mb) for j, mb in enumerate(batches) if j % world == rank]
+        for (j, mb), real in lockstep(self.model, mine, spare=(0, batches[0])):
             # Masked Thought draws depend on (seed, step, micro-batch) only: same at any world size or resume.
             gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step * 1009 + j)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
@@ -180,7 +180,9 @@ class SftTrainer:
                                                        ref_model=self.ref_model, mask_id=self.mask_id,
                                                        generator=gen, device=self.device)
             denominator = metrics["denominator"].float()
-            (loss * denominator).backward()
+            (loss * denominator * float(real)).backward()  # a spare pass (FSDP lockstep) adds nothing
+            if not real:
+                continue
             n_resp = _trained_tokens(self.examples, mb)
             totals += torch.tensor([loss.item() * denominator.item(), denominator.item(), n_tok,
                                     metrics["nll"].item() * n_resp, n_resp])
@@ -204,11 +206,11 @@ class SftTrainer:
             self.save()
 
     def save(self) -> None:
-        """Checkpoint weights, optimizer, schedule and RNG at the current step (rank 0 writes, all wait)."""
-        if dist.is_main():
-            # The step's metrics go with it: a run killed after the last checkpoint still reports them.
-            save_checkpoint(self.ckpt_dir, self.model, self.tokenizer, self.opt, self.sched,
-                            {"step": self.done, "last": self.last})
+        """Checkpoint weights, optimizer, schedule and RNG at the current step (every rank gathers what FSDP
+        shards, rank 0 writes, all wait)."""
+        # The step's metrics go with it: a run killed after the last checkpoint still reports them.
+        save_checkpoint(self.ckpt_dir, self.model, self.tokenizer, self.opt, self.sched,
+                        {"step": self.done, "last": self.last})
         dist.barrier()
 
     def train(self, *, progress: bool = True) -> dict:
@@ -248,11 +250,11 @@ def sft_order_fn(ctx, cfg, examples: list[Example], pairs, name: str):
 
 def run(ctx, cfg, name: str) -> dict:
     """Pipeline entry: fine-tune the current model on the task's gold reasoning (or a JSONL)."""
-    from reasonloop.models import load_model, load_trainable, save_hf_folder
+    from reasonloop.models import load_model, load_trainable
     from reasonloop.stages.sft_data import examples_from_pairs, gold_pairs, jsonl_pairs
 
     model_ref = ctx.resolve_model(cfg.init_from)
-    model, tok = load_trainable(model_ref, ctx.recipe.model)
+    model, tok = load_trainable(model_ref, ctx.recipe.model, ctx.recipe.run.parallel)
     task_cfg = ctx.recipe.task
     train = train_subset(ctx.task.train, cfg)
     pairs = jsonl_pairs(tok, cfg.data_path, task_cfg) if cfg.data == "jsonl" else gold_pairs(tok, train, task_cfg)
@@ -266,8 +268,5 @@ def run(ctx, cfg, name: str) -> dict:
                          eval_fn=periodic_eval(ctx, model, tok, cfg), order_fn=order_fn,
                          dtype=ctx.recipe.model.dtype)
     result = trainer.train(progress=ctx.progress)
-    out = ctx.stage_dir(name) / "model"
-    if dist.is_main():
-        save_hf_folder(model, tok, out)
-    dist.barrier()
+    out = save_model_folder(model, tok, ctx.stage_dir(name) / "model")
     return {**result, "model": str(out)}
