@@ -132,12 +132,12 @@ JOBS = {"collectives": job_collectives, "pipeline": job_pipeline, "sft_interrupt
 # --------------------------------------------------------------------------- tests
 
 
-def _curve(run: Path) -> list[tuple[int, float]]:
+def _curve(run: Path, key: str = "loss") -> list[tuple[int, float]]:
     from reasonloop.runs.store import RunStore
 
     store = RunStore(run / "store.sqlite")
     try:
-        return store.metrics("sft", "loss")
+        return store.metrics("sft", key)
     finally:
         store.close()
 
@@ -231,9 +231,13 @@ def test_fsdp_smoke_recipe_two_processes_match_one_process(tmp_path):
     from reasonloop.pipeline import run_pipeline
 
     recipe = RECIPES / "ddp-smoke.yaml"
-    one = run_pipeline(load_recipe(recipe), tmp_path / "one", progress=False)  # run.parallel: ddp, 1 process
-    launch("pipeline", str(recipe), tmp_path / "two", tmp_path / "audit.json", ("run.parallel=fsdp",))
+    # SFT's learning curve too: under FSDP its engine samples from a whole copy gathered from the shards.
+    curve = ("stages.0.eval_every=2", "stages.0.eval_limit=2")
+    one = run_pipeline(load_recipe(recipe, curve), tmp_path / "one", progress=False)  # 1 process
+    launch("pipeline", str(recipe), tmp_path / "two", tmp_path / "audit.json", ("run.parallel=fsdp", *curve))
     assert json.loads((tmp_path / "audit.json").read_text()) == []
+    evals = [_curve(tmp_path / d, "eval_top1") for d in ("one", "two")]
+    assert len(evals[0]) == 2 and evals[1] == evals[0]
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert [s["name"] for s in two["stages"]] == ["sft", "grpo"]
     for s1, s2 in zip(one["stages"], two["stages"]):

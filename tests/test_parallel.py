@@ -44,6 +44,19 @@ def test_unknown_parallel_kind_is_named():
         parallel.shard(build_tiny_model(64), "zero")
 
 
+def test_models_fsdp_cannot_shard_are_refused_in_one_process_too():
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(build_tiny_model(64), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(UserError, match="run.parallel: fsdp shards full fine-tuning; LoRA models train with ddp"):
+        parallel.shard(lora, "fsdp")
+    model = build_tiny_model(64)
+    model._no_split_modules = []
+    with pytest.raises(UserError, match=r"fsdp found no decoder layers to shard in LlamaForCausalLM \(its "
+                                        r"_no_split_modules names none\); use ddp"):
+        parallel.shard(model, "fsdp")
+
+
 def test_kinds_are_the_config_choices():
     from reasonloop.config import RunConfig
 

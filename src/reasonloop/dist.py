@@ -9,6 +9,8 @@ wrapper's hooks, so gradients are synchronised here instead: each rank scales it
 the step's global count (tokens or sequences, `share`), and `sync_gradients` sums the gradients. The
 result is the single-process gradient of the whole global batch, at any world size (data parallelism as
 in DDP, Li et al. 2020, "PyTorch Distributed: Experiences on Accelerating Data Parallel Training").
+Under `run.parallel: fsdp` the sharded weights' gradients are reduced by FSDP itself (reasonloop.parallel);
+`sync_gradients` then sums only what is left whole (PPO's value head).
 """
 
 from __future__ import annotations

@@ -45,20 +45,23 @@ def shard(model, parallel: str):
     """
     if parallel not in KINDS:
         raise UserError(f"run.parallel: expected one of {', '.join(KINDS)}, got {parallel!r}")
-    if parallel == "ddp" or not dist.active():
+    if parallel == "ddp":
         return model
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
-
+    # Checked in one process too, so a recipe that cannot shard fails before any work, wherever it runs.
     if hasattr(model, "peft_config"):
         raise UserError("run.parallel: fsdp shards full fine-tuning; LoRA models train with ddp")
     hf = unwrap(model)
-    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.world_size(),))
     names = set(getattr(hf, "_no_split_modules", None) or [])
     layers = [m for m in hf.modules() if type(m).__name__ in names]
     if not layers:
         raise UserError(f"run.parallel: fsdp found no decoder layers to shard in {type(hf).__name__} "
-                        "(its _no_split_modules is empty); use ddp")
+                        "(its _no_split_modules names none); use ddp")
+    if not dist.active():
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.world_size(),))
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(hf, mesh=mesh)
