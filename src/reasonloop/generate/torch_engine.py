@@ -145,7 +145,8 @@ class TorchEngine:
             active.extend(Seq(index, sample + j, pos=length, key=keys[index][sample + j]) for j in range(take))
             if sample + take < params.n:  # its remaining samples wait for free slots
                 queue.appendleft((index, sample + take))
-        self._prefill(prompts, [p for p in placed if p[4] is None], prefix)
+        start = 0 if prefix is None else prefix[0].shape[2]
+        self._prefill(prompts, [p for p in placed if p[4] is None], start)
         started, first_logits = [], []
         for index, sample, slot, take, logits in placed:
             length = len(prompts[index])
@@ -159,19 +160,22 @@ class TorchEngine:
             first_logits.extend([logits] * take)
         draw(started, torch.stack(first_logits), params, finisher)
 
-    def _prefill(self, prompts, placed, prefix, max_tokens: int = 4096) -> None:
-        """Batched prefill of the placed prompts' own tokens (after the shared prefix); sets their logits."""
-        start = 0 if prefix is None else prefix[0].shape[2]
-        chunk: list = []
-        for k, entry in enumerate(placed):
-            chunk.append(entry)
-            longest = max(len(prompts[e[0]]) - start for e in chunk)
-            if k + 1 == len(placed) or longest * (len(chunk) + 1) > max_tokens:
-                logits = self.fast.prefill([prompts[e[0]][start:] for e in chunk],
-                                                 [e[2] for e in chunk], start, prefix)  # [P, V]
-                for e, row in zip(chunk, logits):
-                    e[4] = row
-                chunk = []
+    def _prefill(self, prompts, placed, start: int, max_tokens: int = 4096) -> None:
+        """Batched prefill of the placed prompts' own tokens (after the shared prefix of ``start``
+        positions, already restored into their slots); sets their logits. ``max_tokens`` bounds one
+        forward's activations."""
+        chunks, tokens = [[]], 0
+        for entry in placed:
+            size = len(prompts[entry[0]]) - start
+            if chunks[-1] and tokens + size > max_tokens:
+                chunks.append([])
+                tokens = 0
+            chunks[-1].append(entry)
+            tokens += size
+        for chunk in filter(None, chunks):
+            logits = self.fast.prefill([prompts[e[0]][start:] for e in chunk], [e[2] for e in chunk], start)
+            for e, row in zip(chunk, logits):  # row: [V]
+                e[4] = row
 
     def _retire(self, active: list[Seq], done: list[Seq], bar) -> list[Seq]:
         """Move finished sequences out; compact the rest into slots 0..B'-1 (copying their KV down)."""
