@@ -58,8 +58,11 @@ def useful(tokens: list[int], eos: set[int]) -> int:
     return len(tokens)
 
 
-def run_hf(model, tokenizer, prompts, batch: int, eos: set[int]) -> tuple[int, int, float]:
-    """(useful tokens, tokens run through the model, seconds)."""
+def run_hf(model, tokenizer, prompts, batch: int, eos: set[int], settings: dict | None = None
+           ) -> tuple[int, int, float]:
+    """(useful tokens, tokens run through the model, seconds). ``settings``: `generate` arguments (default:
+    sampling at SETTINGS)."""
+    settings = settings or dict(do_sample=True, top_k=0, **SETTINGS)
     pad = tokenizer.pad_token_id
     total, processed, start = 0, 0, time.perf_counter()
     for i in range(0, len(prompts), batch):
@@ -72,8 +75,7 @@ def run_hf(model, tokenizer, prompts, batch: int, eos: set[int]) -> tuple[int, i
             mask[row, width - len(p):] = 1
         torch.manual_seed(i)
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, pad_token_id=pad,
-                                 top_k=0, **SETTINGS)
+            out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, **settings)
         total += sum(useful(row, eos) for row in out[:, width:].tolist())
         processed += out.numel() - len(chunk)  # padded prompts, then every row at every step until all stop
     return total, processed, time.perf_counter() - start
