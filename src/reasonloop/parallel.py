@@ -109,14 +109,14 @@ def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> flo
     """Scale the gradients down to a global 2-norm of at most `max_norm` (as torch's clip_grad_norm_); returns
     the norm before clipping.
 
-    Each gradient's sum of squares is taken in fp32 by ``sum`` (cascade summation: 3e-9 relative off the
-    exact value over SmolLM2-135M's gradients) and the per-tensor sums are added in float64. Why not the
-    norms: torch's clip_grad_norm_ uses fp32 ``vector_norm``, 1.6e-3 relative off on one 28M-element tensor
-    on a 2-core AVX2 EPYC and 1e-5 on a 3.2M-parameter model, enough that the clipped updates of a whole
-    model and of its FSDP shards (whose squares are summed shard by shard) drifted apart; ``vector_norm`` in
-    float64 is exact but cost 0.4-0.9 s per optimizer step for 135M parameters, against 0.1 s here. FSDP
-    gradients are shards (DTensors), their sums added over every rank; a whole gradient beside them (PPO's
-    value head, equal on every rank after dist.sync_gradients) counts once.
+    Each gradient's sum of squares is taken in fp32 by ``sum`` (cascade summation: 3e-9 to 3e-8 relative off
+    the exact value over SmolLM2-135M's gradients or one 3M-element tensor) and the per-tensor sums are added
+    in float64. Why not the norms: torch's clip_grad_norm_ uses fp32 ``vector_norm``, 1.6e-3 relative off on
+    one 28M-element tensor on a 2-core AVX2 EPYC and 1e-5 on a 3.2M-parameter model, enough that the clipped
+    updates of a whole model and of its FSDP shards (whose squares are summed shard by shard) drifted apart;
+    ``vector_norm`` in float64 is exact but cost 0.4-0.9 s per optimizer step for 135M parameters, against
+    0.1 s here. FSDP gradients are shards (DTensors), their sums added over every rank; a whole gradient
+    beside them (PPO's value head, equal on every rank after dist.sync_gradients) counts once.
     """
     grads = [p.grad for p in params if p.grad is not None]
     zero = torch.zeros((), dtype=torch.float64)
