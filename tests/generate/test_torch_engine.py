@@ -141,6 +141,29 @@ def test_batched_prefill_after_shared_prefix_matches_hf(model, tokenizer, prompt
         assert torch.allclose(torch.tensor(group[0].logprobs), want, atol=LOGPROB_TOL)
 
 
+def test_packed_prefill_equals_one_prompt_at_a_time(model, tokenizer, prompts):
+    # A wave is packed end to end (no padding): each prompt's logits and cached K/V are those it gets alone,
+    # after a shared prefix restored into every slot.
+    fast = engine(model, tokenizer).fast
+    fast.allocate(len(prompts) + 1, 64)
+    with torch.inference_mode():
+        prefix = [5, 6, 7]
+        fast.prefill([prefix], [0])
+        kv = fast.snapshot(0, len(prefix))
+        slots = list(range(1, len(prompts) + 1))
+        for slot in slots:
+            fast.restore(kv, slot)
+        together = fast.prefill(prompts, slots, start=len(prefix))  # [P, V]
+        k_together, v_together = fast.k_cache.clone(), fast.v_cache.clone()
+        for row, (prompt, slot) in enumerate(zip(prompts, slots)):
+            fast.restore(kv, slot)
+            alone = fast.prefill([prompt], [slot], start=len(prefix))[0]
+            assert torch.allclose(together[row], alone, atol=1e-5)
+            end = len(prefix) + len(prompt)
+            assert torch.allclose(k_together[:, slot, :, :end], fast.k_cache[:, slot, :, :end], atol=1e-5)
+            assert torch.allclose(v_together[:, slot, :, :end], fast.v_cache[:, slot, :, :end], atol=1e-5)
+
+
 def test_logprobs_match_teacher_forced_forward(model, tokenizer, prompts):
     for temperature, n in ((0.0, 1), (0.7, 2)):
         params = SamplingParams(n=n, temperature=temperature, top_k=20, top_p=0.9, max_new_tokens=6, seed=2)
