@@ -9,6 +9,8 @@ reads a view of the cache, never a gathered copy. Architecture: Touvron et al. 2
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 import torch.nn.functional as F
 
@@ -164,9 +166,7 @@ class LlamaFast:
         lengths = [len(ids) for ids in prompts]
         total, longest = sum(lengths), max(lengths)
         ids = torch.tensor([t for p in prompts for t in p], device=self.device)  # [N]
-        offsets = [0]
-        for n in lengths:
-            offsets.append(offsets[-1] + n)
+        offsets = [0, *accumulate(lengths)]  # prompt r occupies packed rows offsets[r]:offsets[r + 1]
         slot_of = torch.tensor([s for s, n in zip(slots, lengths) for _ in range(n)], device=self.device)  # [N]
         pos_of = torch.cat([torch.arange(start, start + n, device=self.device) for n in lengths])  # [N]
         x = self.embed[ids][None]  # [1, N, H]
