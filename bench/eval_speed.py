@@ -46,23 +46,11 @@ def run_ours(model, tokenizer, prompts, stage) -> tuple[list[list[int]], float]:
 
 def run_peer(model, tokenizer, prompts, stage, eos) -> tuple[list[list[int]], float]:
     """HF generate in waves of the stage's batch, left-padded; completions cut after their first EOS."""
-    from generate import run_hf, useful  # bench/generate.py
+    from generate import run_hf  # bench/generate.py
 
     outputs: list[list[int]] = []
-    original = model.generate
-
-    def keep(*args, **kwargs):  # run_hf counts tokens; the completions themselves are kept here
-        out = original(*args, **kwargs)
-        width = kwargs["input_ids"].shape[1]
-        outputs.extend(row[:useful(row, eos)] for row in out[:, width:].tolist())
-        return out
-
-    model.generate = keep
-    try:
-        settings = dict(do_sample=False, max_new_tokens=stage.decoding.max_new_tokens)
-        _, _, seconds = run_hf(model, tokenizer, prompts, stage.batch_size, eos, settings)
-    finally:
-        del model.generate
+    settings = dict(do_sample=False, max_new_tokens=stage.decoding.max_new_tokens)
+    _, _, seconds = run_hf(model, tokenizer, prompts, stage.batch_size, eos, settings, outputs)
     return outputs, seconds
 
 

@@ -58,10 +58,10 @@ def useful(tokens: list[int], eos: set[int]) -> int:
     return len(tokens)
 
 
-def run_hf(model, tokenizer, prompts, batch: int, eos: set[int], settings: dict | None = None
-           ) -> tuple[int, int, float]:
+def run_hf(model, tokenizer, prompts, batch: int, eos: set[int], settings: dict | None = None,
+           completions: list | None = None) -> tuple[int, int, float]:
     """(useful tokens, tokens run through the model, seconds). ``settings``: `generate` arguments (default:
-    sampling at SETTINGS)."""
+    sampling at SETTINGS); ``completions``, if given, receives each completion's ids up to its first EOS."""
     settings = settings or dict(do_sample=True, top_k=0, **SETTINGS)
     pad = tokenizer.pad_token_id
     total, processed, start = 0, 0, time.perf_counter()
@@ -76,7 +76,10 @@ def run_hf(model, tokenizer, prompts, batch: int, eos: set[int], settings: dict 
         torch.manual_seed(i)
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, **settings)
-        total += sum(useful(row, eos) for row in out[:, width:].tolist())
+        rows = out[:, width:].tolist()
+        total += sum(useful(row, eos) for row in rows)
+        if completions is not None:
+            completions.extend(row[:useful(row, eos)] for row in rows)
         processed += out.numel() - len(chunk)  # padded prompts, then every row at every step until all stop
     return total, processed, time.perf_counter() - start
 
