@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import build_tiny_model
 from reasonloop.errors import UserError
 from reasonloop.generate import SamplingParams, make_engine
+from reasonloop.generate.llama_fast import WEIGHT_FIRST_MAX_ROWS, _linear
 from reasonloop.generate.torch_engine import TorchEngine, common_prefix_len
 
 LOGPROB_TOL = 1e-4  # fp32 engine vs fp32 teacher-forced HF forward
@@ -162,6 +164,19 @@ def test_packed_prefill_equals_one_prompt_at_a_time(model, tokenizer, prompts):
             end = len(prefix) + len(prompt)
             assert torch.allclose(k_together[:, slot, :, :end], fast.k_cache[:, slot, :, :end], atol=1e-5)
             assert torch.allclose(v_together[:, slot, :, :end], fast.v_cache[:, slot, :, :end], atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 16, WEIGHT_FIRST_MAX_ROWS, WEIGHT_FIRST_MAX_ROWS + 1])
+def test_weight_first_linear_equals_f_linear(rows):
+    # Both branches (weight-first up to the row limit, F.linear above it), with a bias, on a 3-D input
+    # as prefill passes it; the result keeps the input's leading shape and reshapes like F.linear's.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, rows, 24, generator=gen)
+    weight, bias = torch.randn(40, 24, generator=gen), torch.randn(40, generator=gen)
+    got = _linear(x, weight, bias)
+    assert got.shape == (1, rows, 40)
+    assert torch.allclose(got, F.linear(x, weight, bias), atol=1e-5)
+    assert torch.equal(got.reshape(rows, 4, 10), got.contiguous().view(rows, 4, 10))
 
 
 def test_logprobs_match_teacher_forced_forward(model, tokenizer, prompts):
