@@ -178,16 +178,24 @@ class TorchEngine:
                 e[4] = row
 
     def _retire(self, active: list[Seq], done: list[Seq], bar) -> list[Seq]:
-        """Move finished sequences out; compact the rest into slots 0..B'-1 (copying their KV down)."""
+        """Move finished sequences out; the rest end up in slots 0..B'-1.
+
+        Each hole below B' takes one of the live rows above it (its KV copied down), so a step copies
+        as many caches as rows finished. Shifting every later row down instead copied about half the
+        batch's caches each time a row finished. Row order does not matter: each row draws from its
+        own key.
+        """
         if all(s.finish is None for s in active):
             return active
-        kept = []
-        for slot, seq in enumerate(active):
+        for seq in active:
             if seq.finish is not None:
                 done.append(seq)
                 bar.update(1, len(seq.tokens))
-                continue
-            if slot != len(kept):  # later rows only move down, so a source is never overwritten first
-                self.fast.copy_slot(slot, len(kept), seq.pos)
-            kept.append(seq)
+        live = sum(s.finish is None for s in active)
+        holes = [slot for slot in range(live) if active[slot].finish is not None]
+        movers = [slot for slot in range(live, len(active)) if active[slot].finish is None]
+        kept = active[:live]
+        for hole, mover in zip(holes, movers):  # a mover sits at or above B' and a hole below: no overlap
+            self.fast.copy_slot(mover, hole, active[mover].pos)
+            kept[hole] = active[mover]
         return kept
