@@ -32,36 +32,6 @@ def test_peak_is_reset_per_measurement():
     assert low >= memory.rss_mb() - 1
 
 
-_HOLES = """
-import sys
-from reasonloop import memory
-if sys.argv[1] == "on":
-    assert memory.return_large_blocks_to_the_os()
-big = bytearray(8 << 20); del big  # glibc's dynamic threshold now rises to 8 MiB ...
-blocks = [bytearray(4 << 20) for _ in range(50)]  # ... so these 200 MB come from the heap
-keep = blocks[-1]  # the last one pins the heap's top: the holes below it cannot be trimmed away
-before = memory.rss_mb()
-del blocks
-print(before - memory.rss_mb())
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_freed_tensors_go_back_to_the_os_with_a_fixed_mmap_threshold():
-    import os
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    returned = {mode: float(subprocess.run([sys.executable, "-c", _HOLES, mode], env=env, capture_output=True,
-                                           text=True, check=True).stdout) for mode in ("off", "on")}
-    assert returned["on"] > 150 and returned["off"] < 50, returned
-
-
-def test_a_users_malloc_setting_is_kept(monkeypatch):
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert memory.return_large_blocks_to_the_os() is False
-
-
 def test_peak_falls_back_to_getrusage_without_proc(monkeypatch, tmp_path):
     monkeypatch.setattr(memory, "_STATUS", tmp_path / "no-status")
     monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "no-dir" / "clear_refs")

@@ -175,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from reasonloop import dist, memory
+    from reasonloop import dist
 
-    memory.return_large_blocks_to_the_os()  # before torch allocates anything: see memory.py
     dist.init()  # joins the process group under torchrun / accelerate launch; no-op in one process
     if not dist.is_main():
         logging.getLogger().setLevel(logging.WARNING)  # one copy of the progress log, from rank 0
