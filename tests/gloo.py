@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+import time
 
 import torch.multiprocessing as mp
 
@@ -31,6 +32,15 @@ def _worker(rank: int, world: int, port: int, module: str, job: str, args: tuple
         dist.shutdown()
 
 
-def launch(module: str, job: str, *args, world: int = 2) -> None:
-    """Run `module`'s JOBS[job](*args) in `world` processes."""
-    mp.start_processes(_worker, args=(world, free_port(), module, job, args), nprocs=world, start_method="spawn")
+def launch(module: str, job: str, *args, world: int = 2, timeout: float | None = None) -> None:
+    """Run `module`'s JOBS[job](*args) in `world` processes. With `timeout` (seconds), a job still running
+    then is killed and the call raises TimeoutError: for jobs where a rank left waiting in a collective is
+    the failure being tested (the process group's own timeout is an hour)."""
+    ctx = mp.start_processes(_worker, args=(world, free_port(), module, job, args), nprocs=world,
+                             start_method="spawn", join=False)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if deadline is not None and time.monotonic() > deadline:
+            for process in ctx.processes:
+                process.kill()
+            raise TimeoutError(f"{job}: still running after {timeout} s")

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.e2e  # subprocesses: outside the inner test loop
 PROBLEMS = [Problem(id=f"p{i}", question=f"What is {i} + {i % 3}?", answer=str(i + i % 3)) for i in range(9)]
 
 
-def launch(job: str, *args, world: int = 2) -> None:
+def launch(job: str, *args, world: int = 2, timeout: float | None = None) -> None:
     """Run JOBS[job](*args) in `world` processes joined by gloo, as torchrun would start them."""
-    gloo.launch(__name__, job, *args, world=world)
+    gloo.launch(__name__, job, *args, world=world, timeout=timeout)
 
 
 class Recording:
@@ -82,7 +82,33 @@ def job_rl(model_dir: str, out: Path) -> dict:
     return res
 
 
-JOBS = {"eval": job_eval, "rl": job_rl}
+def reward_failing_on_rank_1(completions, problems):
+    if dist.rank() == 1:
+        raise ValueError("bad reward")
+    return [float(len(c)) for c in completions]
+
+
+def job_rl_reward_fails(model_dir: str, out: Path) -> None:
+    """A reward that raises on rank 1 only: every rank must stop with its error, none wait for the others."""
+    from reasonloop.config import RlStage, TaskConfig
+    from reasonloop.errors import UserError
+    from reasonloop.generate import make_engine
+    from reasonloop.models import load_model
+    from reasonloop.stages.rl import RLLoop
+
+    policy, tok = load_model(model_dir, trainable=True, dtype="fp32")
+    engine = make_engine(policy, tok, kind="torch", max_batch=64, dtype="fp32", progress=False)
+    cfg = RlStage(kind="rl", steps=2, prompts_per_step=4, group_size=2, decoding={"max_new_tokens": 4})
+    loop = RLLoop(policy, tok, PROBLEMS, cfg, task_cfg=TaskConfig(), engine=engine,
+                  reward_fn=reward_failing_on_rank_1, dtype="fp32")
+    try:
+        loop.step()
+    except UserError as err:
+        (out / f"error{dist.rank()}.txt").write_text(str(err))
+    dist.barrier()  # both ranks got here: neither is left waiting in a collective
+
+
+JOBS = {"eval": job_eval, "rl": job_rl, "rl_reward_fails": job_rl_reward_fails}
 
 
 # --------------------------------------------------------------------------- tests
@@ -123,3 +149,11 @@ def test_rl_rollouts_two_processes_equal_one_process(tmp_path, tiny_model_dir):
     r0, r1 = (json.loads((tmp_path / f"rl{r}.json").read_text()) for r in (0, 1))
     assert len(one["groups"]) == 4 and r0["local"] == r1["local"] == 2  # 4 prompts, 2 per rank
     assert r0["groups"] == r1["groups"] == one["groups"]
+
+
+def test_reward_error_on_one_rank_stops_every_rank_with_it(tmp_path, tiny_model_dir):
+    launch("rl_reward_fails", str(tiny_model_dir), tmp_path, timeout=120)  # it takes ~15 s
+    for rank in (0, 1):
+        message = (tmp_path / f"error{rank}.txt").read_text()
+        assert "reward raised ValueError: bad reward (rank 1)" in message, message
+        assert "run the same command to resume" in message

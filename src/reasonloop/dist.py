@@ -95,6 +95,20 @@ def all_reduce_max(value: float) -> float:
     return t.item()
 
 
+def first_failure(message: str | None) -> tuple[int, str] | None:
+    """(rank, message) of the lowest rank that failed, on every rank; None when none did. ``message``:
+    this rank's error, None when it succeeded.
+
+    Every rank must call it after work that can fail on some ranks only (user code such as a reward
+    function). A rank that raised alone would leave the others blocked in their next collective until
+    the process group's timeout; this way every rank stops with the same error.
+    """
+    for rank, theirs in enumerate(all_gather_object(message)):
+        if theirs is not None:
+            return rank, theirs
+    return None
+
+
 def share(local_count: float) -> float:
     """This rank's fraction of the global count (tokens or sequences of one step or minibatch).
 

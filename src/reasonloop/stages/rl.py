@@ -113,16 +113,24 @@ class RLLoop:
                        torch.tensor(rewards, dtype=torch.float32), [v.correct for v in verdicts])
 
     def _rewards(self, texts, problems, verdicts) -> list[float]:
-        """A reward function that raises or returns NaN stops the stage, after a checkpoint."""
+        """A reward function that raises or returns NaN stops the stage, after a checkpoint. Under torchrun
+        every rank stops, with the error of the lowest rank it happened on."""
+        rewards, why = None, None
         try:
             if hasattr(self.reward_fn, "breakdown"):  # built-in rewards reuse the verdicts
-                return self.reward_fn.breakdown(texts, problems, verdicts)[0]
-            return self.reward_fn(texts, problems)
+                rewards = self.reward_fn.breakdown(texts, problems, verdicts)[0]
+            else:
+                rewards = self.reward_fn(texts, problems)
         except Exception as err:  # user code: anything can come out of it
-            self.save()
             why = str(err) if isinstance(err, UserError) else f"reward raised {type(err).__name__}: {err}"
-            raise UserError(f"{self.stage}: {why} (checkpoint saved at step {self.state['step']}; "
-                            "fix the reward and run the same command to resume)") from None
+        failed = dist.first_failure(why)
+        if failed is None:
+            return rewards
+        rank, why = failed
+        self.save()  # on every rank: an FSDP checkpoint is gathered collectively
+        where = f" (rank {rank})" if dist.active() else ""
+        raise UserError(f"{self.stage}: {why}{where} (checkpoint saved at step {self.state['step']}; "
+                        "fix the reward and run the same command to resume)")
 
     def collect(self) -> tuple[Rollout | None, Rollout | None]:
         """This step's rollouts: (those the update trains on, every rollout sampled).
