@@ -126,10 +126,10 @@ def release() -> None:
     """Return what a finished stage no longer needs: collect reference cycles (models sit in some), hand
     freed heap back to the OS, empty torch's CUDA cache.
 
-    Within a stage glibc keeps its defaults. A fixed 256 KiB mmap threshold (every tensor its own mmap,
-    returned on free) was set by the CLI until 2026-12-03; on the default recipe's SFT and GRPO stages (SmolLM2-135M,
-    fp32, 2-core AVX2 EPYC) it saved ~10% of the peak but cost 20-50% of the time, each large tensor
-    page-faulting afresh: SFT 2.62 against 2.94 GB and 84 against 60 s, GRPO 2.99 against 3.40 GB and
+    Within a stage glibc keeps its defaults. The CLI set a fixed 256 KiB mmap threshold (every tensor its
+    own mmap, returned on free) until 2026-12-03. On the default recipe's SFT and GRPO stages
+    (SmolLM2-135M, fp32, 2-core AVX2 EPYC) it saved ~10% of the peak but cost 20-50% of the time, each
+    large tensor page-faulting afresh: SFT 2.62 against 2.94 GB and 84 against 60 s, GRPO 2.99 against 3.40 GB and
     291 against 197 s for three steps (a 64 MiB threshold: 2.98 / 3.44 GB, 71 / 207 s)."""
     gc.collect()
     _malloc_trim()
