@@ -130,7 +130,8 @@ def release() -> None:
     own mmap, returned on free) until 2026-12-03. On the default recipe's SFT and GRPO stages
     (SmolLM2-135M, fp32, 2-core AVX2 EPYC) it saved ~10% of the peak but cost 20-50% of the time, each
     large tensor page-faulting afresh: SFT 2.62 against 2.94 GB and 84 against 60 s, GRPO 2.99 against 3.40 GB and
-    291 against 197 s for three steps (a 64 MiB threshold: 2.98 / 3.44 GB, 71 / 207 s)."""
+    291 against 197 s for three steps (a 64 MiB threshold: 2.98 / 3.44 GB, 71 / 207 s); run again back to
+    back, 53 against 39 s and 181 against 129 s for the same peaks."""
     gc.collect()
     _malloc_trim()
     if _cuda_ready():
