@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from conftest import build_tiny_model
 from reasonloop.errors import UserError
 from reasonloop.generate import SamplingParams, make_engine
-from reasonloop.generate.llama_fast import WEIGHT_FIRST_MAX_ROWS, _linear
+from reasonloop.generate import llama_fast
+from reasonloop.generate.llama_fast import WEIGHT_FIRST_MAX_ROWS, _linear, attention_chunks
 from reasonloop.generate.torch_engine import TorchEngine, common_prefix_len
 
 LOGPROB_TOL = 1e-4  # fp32 engine vs fp32 teacher-forced HF forward
@@ -172,6 +173,29 @@ def test_packed_prefill_equals_one_prompt_at_a_time(model, tokenizer, prompts):
             end = len(prefix) + len(prompt)
             assert torch.allclose(k_together[:, slot, :, :end], fast.k_cache[:, slot, :, :end], atol=1e-5)
             assert torch.allclose(v_together[:, slot, :, :end], fast.v_cache[:, slot, :, :end], atol=1e-5)
+
+
+def test_attention_chunks_read_each_run_of_rows_up_to_its_longest():
+    assert attention_chunks([9, 4, 7, 2, 3], rows=2) == [(0, 2, 10), (2, 4, 8), (4, 5, 4)]
+    assert attention_chunks([5, 6], rows=16) == [(0, 2, 7)]
+
+
+def test_decode_is_the_same_whatever_the_attention_chunks(model, tokenizer, prompts, monkeypatch):
+    # Rows at different positions: one row per chunk reads each row's keys only up to its own position,
+    # one chunk for all reads up to the longest and masks the rest; the logits must agree.
+    fast = engine(model, tokenizer).fast
+    fast.allocate(len(prompts), 64)
+    with torch.inference_mode():
+        fast.prefill(prompts, list(range(len(prompts))))
+        tokens = torch.tensor([p[-1] for p in prompts])
+        pos = torch.tensor([len(p) for p in prompts])
+        logits = {}
+        for rows in (1, 2, 64):
+            monkeypatch.setattr(llama_fast, "ATTENTION_CHUNK_ROWS", rows)
+            logits[rows] = fast.decode(tokens, pos)
+    assert len(set(pos.tolist())) > 1
+    assert torch.allclose(logits[1], logits[64], atol=1e-5)
+    assert torch.allclose(logits[2], logits[64], atol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [1, 16, WEIGHT_FIRST_MAX_ROWS, WEIGHT_FIRST_MAX_ROWS + 1])

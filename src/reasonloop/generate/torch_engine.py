@@ -130,21 +130,28 @@ class TorchEngine:
         free = slots - len(active)
         if not queue or free == 0 or (active and free < max(1, slots // 4)):
             return
-        fast, placed = self.fast, []  # [prompt index, first sample, slot, count, logits or None]
-        while queue and len(active) < slots:
+        fast, wave = self.fast, []
+        while queue and free:
             index, sample = queue.popleft()
-            slot, length = len(active), len(prompts[index])
-            take = min(params.n - sample, slots - slot)
-            logits = None
+            take = min(params.n - sample, free)
+            wave.append((index, sample, take))
+            free -= take
+            if sample + take < params.n:  # its remaining samples wait for free slots
+                queue.appendleft((index, sample + take))
+        # Longest prompt first: slots then run roughly in order of length (decode reads each run of rows'
+        # cache only up to its longest row, llama_fast.attention_chunks).
+        wave.sort(key=lambda entry: -len(prompts[entry[0]]))
+        placed = []  # [prompt index, first sample, slot, count, logits or None]
+        for index, sample, take in wave:
+            slot, logits = len(active), None
             if index in saved:
                 kv, logits = saved[index]
                 fast.restore(kv, slot)
             elif prefix is not None:
                 fast.restore(prefix, slot)
             placed.append([index, sample, slot, take, logits])
-            active.extend(Seq(index, sample + j, pos=length, key=keys[index][sample + j]) for j in range(take))
-            if sample + take < params.n:  # its remaining samples wait for free slots
-                queue.appendleft((index, sample + take))
+            active.extend(Seq(index, sample + j, pos=len(prompts[index]), key=keys[index][sample + j])
+                          for j in range(take))
         start = 0 if prefix is None else prefix[0].shape[2]
         self._prefill(prompts, [p for p in placed if p[4] is None], start)
         started, first_logits = [], []
