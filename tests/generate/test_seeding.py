@@ -11,7 +11,7 @@ import torch
 from conftest import build_tiny_model
 from reasonloop.errors import UserError
 from reasonloop.generate import SamplingParams
-from reasonloop.generate.sampling import prompt_seed, sample_tokens, step_uniforms
+from reasonloop.generate.sampling import inverse_cdf, prompt_seed, sample_tokens, step_uniforms
 from reasonloop.generate.torch_engine import TorchEngine
 
 PARAMS = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=10, seed=7)
@@ -141,3 +141,25 @@ def test_greedy_ignores_keys_and_seed(model, tokenizer, prompts):
         hf = model.generate(torch.tensor([prompts[0]]), max_new_tokens=8, do_sample=False,
                             eos_token_id=sorted(eng.eos), pad_token_id=0)
     assert plain[0][0] == hf[0, len(prompts[0]):].tolist()
+
+
+def test_two_level_inverse_cdf_equals_one_cumsum_and_skips_filtered_tokens():
+    # 1000 tokens: 3 full blocks of 256 and a padded one; a whole block and scattered tokens filtered out.
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(40, 1000, generator=gen)
+    probs[:, 256:512] = 0
+    probs[:, ::7] = 0
+    probs[:, 999] = 0
+    u = torch.rand(40, generator=gen, dtype=torch.float64)
+    want = torch.searchsorted(probs.double().cumsum(-1), (u * probs.double().sum(-1))[:, None], right=True)[:, 0]
+    assert torch.equal(inverse_cdf(probs, u), want)
+    # Uniforms at the very top land on the last token with mass, never on a filtered one or the padding;
+    # u = 1 stands for a target that rounding pushed to the row's total (past every cumulative sum).
+    for top in (1 - 2 ** -53, 1.0):
+        assert inverse_cdf(probs, torch.full((40,), top, dtype=torch.float64)).tolist() == [998] * 40
+    probs[:, 768:] = 0  # the last block has no mass: the last token with mass is in the block before
+    assert inverse_cdf(probs, torch.ones(40, dtype=torch.float64)).tolist() == [767] * 40
+    # Only one token has mass: it is drawn for every uniform.
+    one = torch.zeros(3, 600)
+    one[:, 300] = 0.2
+    assert inverse_cdf(one, torch.tensor([0.0, 0.5, 1 - 2 ** -53], dtype=torch.float64)).tolist() == [300] * 3

@@ -140,9 +140,41 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams,
     if uniforms is None or uniforms.shape != logits.shape[:1]:
         raise UserError(f"sample_tokens: expected one uniform per row ({logits.shape[0]}), got "
                         f"{None if uniforms is None else tuple(uniforms.shape)}")
-    # Float64 CDF: its rounding stays far below any token's probability, so a token's slice of [0, 1) is
-    # where its probability puts it. A filtered token has probability 0, an empty slice: never drawn.
-    cdf = kept.softmax(-1).double().cumsum(-1)  # [B, V]
-    target = uniforms.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:]  # [B, 1], < the row's total
-    tokens = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)  # [B]
+    tokens = inverse_cdf(kept.softmax(-1), uniforms.to(logits.device, torch.float64))  # [B]
     return tokens, logp.gather(-1, tokens[:, None])[:, 0]
+
+
+CDF_BLOCK = 256
+
+
+def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Row b's first token whose cumulative probability exceeds ``uniforms[b]`` times the row's total:
+    [B] long. ``probs`` [B, V] (>= 0, at least one > 0 per row), ``uniforms`` [B] float64 in [0, 1).
+
+    Sums run in float64, whose rounding stays far below any token's probability, so a token's slice of
+    [0, 1) is where its probability puts it. Two levels: the cumulative sums of blocks of 256 tokens pick
+    the block, then the cumulative sum inside it picks the token. Why: one float64 cumsum over a 49k
+    vocabulary took 27 of a 64-row sampling step's 54 ms on a 2-core AVX2 EPYC; with two levels the step
+    takes 11 ms. A token with probability 0 (filtered) is never drawn: a block without mass never has its
+    cumulative sum exceed the target, and the pick is clamped to the last token with mass (of the row,
+    then of the block) for when the two summation orders round the target a hair past a block's end.
+    """
+    b, v = probs.shape
+    if v % CDF_BLOCK:
+        probs = torch.nn.functional.pad(probs, (0, CDF_BLOCK - v % CDF_BLOCK))
+    blocks = probs.view(b, -1, CDF_BLOCK)  # [B, NB, K]
+    sums = blocks.sum(-1, dtype=torch.float64)  # [B, NB]
+    cdf = sums.cumsum(-1)
+    target = uniforms[:, None] * cdf[:, -1:]  # [B, 1]
+    block = torch.minimum(torch.searchsorted(cdf, target, right=True), _last_positive(sums))  # [B, 1]
+    before = torch.where(block > 0, cdf.gather(1, (block - 1).clamp_(min=0)), 0.0)  # mass of earlier blocks
+    chosen = blocks.gather(1, block[:, :, None].expand(-1, -1, CDF_BLOCK))[:, 0]  # [B, K]
+    inner = chosen.double().cumsum(-1) + before  # [B, K]
+    token = torch.minimum(torch.searchsorted(inner, target, right=True), _last_positive(chosen))  # [B, 1]
+    return (block * CDF_BLOCK + token)[:, 0]
+
+
+def _last_positive(values: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last entry > 0: [B, 1] long."""
+    width = values.shape[-1]
+    return width - 1 - (values > 0).flip(-1).int().argmax(-1, keepdim=True)
