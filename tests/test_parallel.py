@@ -63,7 +63,9 @@ def test_kinds_are_the_config_choices():
     assert typing.get_args(RunConfig.model_fields["parallel"].annotation) == parallel.KINDS
 
 
-def test_clip_grad_norm_hand_computed():
+@pytest.mark.parametrize("slice_elements", [1, 1 << 20])
+def test_clip_grad_norm_hand_computed(slice_elements, monkeypatch):
+    monkeypatch.setattr(parallel, "SQUARES_SLICE", slice_elements)  # 1: every element its own slice
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
     a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
     assert parallel.clip_grad_norm([a, b], 10.0) == pytest.approx(5.0)
