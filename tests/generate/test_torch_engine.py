@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import build_tiny_model
 from reasonloop.errors import UserError
 from reasonloop.generate import SamplingParams, make_engine
-from reasonloop.generate import llama_fast
+from reasonloop.generate import llama_fast, torch_engine
 from reasonloop.generate.llama_fast import WEIGHT_FIRST_MAX_ROWS, _linear, attention_chunks
 from reasonloop.generate.torch_engine import TorchEngine, common_prefix_len
 
@@ -150,6 +150,18 @@ def test_batched_prefill_after_shared_prefix_matches_hf(model, tokenizer, prompt
         assert group[0].token_ids == group[1].token_ids == hf_greedy(model, prompt, 8, set())
         want = teacher_forced(model, prompt, group[0].token_ids, 0.0)
         assert torch.allclose(torch.tensor(group[0].logprobs), want, atol=LOGPROB_TOL)
+
+
+@pytest.mark.parametrize("budget", [1, 12])
+def test_prefill_split_into_forwards_draws_the_same_samples(model, tokenizer, prompts, budget, monkeypatch):
+    # 1: every prompt in its own forward; 12: some forwards hold two prompts.
+    params = SamplingParams(n=2, temperature=0.8, max_new_tokens=5, seed=4)
+    whole = engine(model, tokenizer).generate(prompts, params)
+    monkeypatch.setattr(torch_engine, "PREFILL_TOKENS", budget)
+    split = engine(model, tokenizer).generate(prompts, params)
+    for a, b in zip((s for g in whole for s in g), (s for g in split for s in g)):
+        assert a.token_ids == b.token_ids
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
 
 
 def test_packed_prefill_equals_one_prompt_at_a_time(model, tokenizer, prompts):
