@@ -284,7 +284,7 @@ def attention_chunks(positions: list[int], rows: int = ATTENTION_CHUNK_ROWS) -> 
     admission wave longest prompt first and fills a finished row's slot with a row from above it, so slots
     stay roughly in order of length and each run reads little past its own rows. Each run costs a few
     more small ops, so runs are long: in the 64-prompt benchmark call (2-core AVX2 EPYC, interleaved in
-    one process) decode attention took 7.6-8.1 s with runs of 32 rows, 8.3-9.1 s with 16, 8.7-9.6 s
+    one process) decode attention took 7.6-8.1 s with runs of 32 rows, 8.3-9.1 s with 16, 8.7-9.9 s
     with one run.
     """
     return [(lo, min(lo + rows, len(positions)), max(positions[lo:lo + rows]) + 1)
