@@ -74,14 +74,15 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                     continue
                 lse[s:e] = torch.logsumexp(z, dim=-1)
                 logp[s:e] = target_logit - lse[s:e]
-                p = torch.exp(z - lse[s:e, None])  # [c, V]
+                log_p = z.sub_(lse[s:e, None])  # [c, V], in place: no second [c, V] buffer beside p
+                p = log_p.exp()  # [c, V]
                 if with_entropy:
-                    entropy[s:e] = lse[s:e] - _row_dot(p, z)  # H = lse - sum p z
+                    entropy[s:e] = -_row_dot(p, log_p)  # H = -sum p log p
                 if has_ref:
                     zr = _logits(ref_hidden[s:e].to(mm_dtype), rw, scale)  # [c, V]
                     ref_lse[s:e] = torch.logsumexp(zr, dim=-1)
-                    # KL = sum p (log p - log q) = sum p (z - zr) - lse + ref_lse
-                    kl[s:e] = _row_dot(p, z.sub_(zr)) - lse[s:e] + ref_lse[s:e]
+                    # KL = sum p (log p - log q) = sum p (log p - zr) + ref_lse
+                    kl[s:e] = _row_dot(p, log_p.sub_(zr)) + ref_lse[s:e]
         ctx.save_for_backward(hidden, weight, targets, lse, entropy, ref_hidden, ref_weight, ref_lse, kl,
                               mean_w)
         ctx.chunk_size, ctx.scale, ctx.mm_dtype = chunk_size, scale, mm_dtype
