@@ -81,8 +81,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 if has_ref:
                     zr = _logits(ref_hidden[s:e].to(mm_dtype), rw, scale)  # [c, V]
                     ref_lse[s:e] = torch.logsumexp(zr, dim=-1)
-                    # KL = sum p (log p - log q) = sum p (log p - zr) + ref_lse
-                    kl[s:e] = _row_dot(p, log_p.sub_(zr)) + ref_lse[s:e]
+                    # KL = sum p (log p - log q), both shifted alike: exactly 0 for a model against itself
+                    kl[s:e] = _row_dot(p, log_p.sub_(zr.sub_(ref_lse[s:e, None])))
         ctx.save_for_backward(hidden, weight, targets, lse, entropy, ref_hidden, ref_weight, ref_lse, kl,
                               mean_w)
         ctx.chunk_size, ctx.scale, ctx.mm_dtype = chunk_size, scale, mm_dtype
